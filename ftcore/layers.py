@@ -1,0 +1,308 @@
+"""Layer groups, freezing policy, and trainable/frozen parameter counts.
+
+Layer groups come from timm: ``model.group_matcher(coarse=True)`` names the
+stem, each block or stage, and the final layers, and
+``timm.models.group_parameters`` assigns every parameter to one group, input
+to output. The classifier (``model.get_classifier()``, named ``fc``, ``head``,
+``head.fc`` or ``classifier`` depending on the family) always forms its own
+last group, ``"head"``, which is always trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from timm.models import group_parameters
+
+from .config import FreezeConfig, parse_unfreeze
+from .errors import ConfigError
+
+__all__ = [
+    "HEAD",
+    "LayerGroup",
+    "FreezeSummary",
+    "layer_groups",
+    "trainable_group_names",
+    "apply_freeze",
+    "set_train_mode",
+    "frozen_batchnorm_modules",
+]
+
+log = logging.getLogger(__name__)
+
+HEAD = "head"
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """One layer group of a model, in input-to-output order.
+
+    Attributes
+    ----------
+    name : str
+        ``"stem"`` for the first group, ``"head"`` for the classifier, else the
+        common module prefix of its parameters (``"blocks.3"``, ``"layer2"``) or
+        its top-level modules joined by ``" + "`` (``"conv_head + bn2"``).
+    index : int
+        Position from the input, 0-based.
+    param_names : tuple of str
+        Names of the parameters in the group (``model.named_parameters()``).
+    n_params : int
+        Number of scalar parameters in the group.
+    """
+
+    name: str
+    index: int
+    param_names: tuple[str, ...]
+    n_params: int
+
+    @property
+    def is_head(self) -> bool:
+        """True for the classifier group, which is always trained."""
+        return self.name == HEAD
+
+
+@dataclass(frozen=True)
+class FreezeSummary:
+    """Parameter counts after freezing.
+
+    Attributes
+    ----------
+    trainable_groups : tuple of str
+        Names of the unfrozen layer groups, input to output (head last).
+    n_trainable, n_frozen : int
+        Scalar parameters that learn / stay fixed.
+    """
+
+    trainable_groups: tuple[str, ...]
+    n_trainable: int
+    n_frozen: int
+
+    @property
+    def n_total(self) -> int:
+        """All scalar parameters of the model."""
+        return self.n_trainable + self.n_frozen
+
+
+def _classifier_param_names(model: nn.Module) -> list[str]:
+    clf = model.get_classifier()
+    ids = {id(p) for p in clf.parameters()} if isinstance(clf, nn.Module) else set()
+    return [n for n, p in model.named_parameters() if id(p) in ids]
+
+
+def _common_prefix(names: list[str], max_numeric: int) -> str:
+    parts = [n.split(".")[:-1] for n in names]
+    common: list[str] = []
+    numeric = 0
+    for level in zip(*parts):
+        if not all(x == level[0] for x in level):
+            break
+        common.append(level[0])
+        if level[0].isdigit():
+            numeric += 1
+            if numeric >= max_numeric:
+                break
+    return ".".join(common)
+
+
+def _label(names: list[str], coarse: bool) -> str:
+    """Name a group by the common module path of its parameters.
+
+    Parameters of different top-level modules are labelled per module and
+    joined with " + ". The path is cut after its first (coarse) or second
+    (fine) block index, so a stage with one block reads ``blocks.0``.
+    """
+    by_top: dict[str, list[str]] = {}
+    for n in names:
+        by_top.setdefault(n.split(".")[0], []).append(n)
+    labels = []
+    for top, sub in by_top.items():
+        prefix = _common_prefix(sub, 1 if coarse else 2)
+        labels.append(prefix or top)
+    return " + ".join(labels)
+
+
+def layer_groups(model: nn.Module, coarse: bool = True) -> list[LayerGroup]:
+    """Split a timm model's parameters into layer groups, input to output.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A timm model (built by ``timm.create_model``), on any device,
+        including ``"meta"``.
+    coarse : bool, default True
+        Passed to ``model.group_matcher``: True gives stem, blocks or stages,
+        and head; False gives the finer sub-blocks.
+
+    Returns
+    -------
+    list of LayerGroup
+        Every parameter appears in exactly one group. The first group is named
+        ``"stem"``, the last is ``"head"`` (the classifier).
+
+    Notes
+    -----
+    Models without ``group_matcher`` fall back to one group per top-level
+    child module, in registration order.
+    """
+    clf_names = _classifier_param_names(model)
+    clf_set = set(clf_names)
+    try:
+        matcher = model.group_matcher(coarse=coarse)
+        grouped = group_parameters(model, matcher)
+        ordered = [list(grouped[k]) for k in sorted(grouped)]
+    except (AttributeError, NotImplementedError):
+        log.info("%s has no group_matcher; grouping by top-level module", type(model).__name__)
+        ordered = []
+        for child_name, child in model.named_children():
+            names = [f"{child_name}.{n}" for n, _ in child.named_parameters()]
+            if names:
+                ordered.append(names)
+        top = [n for n, _ in model.named_parameters(recurse=False)]
+        if top:
+            ordered.insert(0, top)
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    raw: list[list[str]] = []
+    for names in ordered:
+        body = [n for n in names if n not in clf_set]
+        if body:
+            raw.append(body)
+    groups: list[LayerGroup] = []
+    for i, names in enumerate(raw):
+        name = "stem" if i == 0 and len(raw) > 1 else _label(names, coarse)
+        if name == HEAD:
+            name = "head (features)"
+        groups.append(LayerGroup(name, i, tuple(names), sum(sizes[n] for n in names)))
+    if clf_names:
+        groups.append(LayerGroup(HEAD, len(groups), tuple(clf_names), sum(sizes[n] for n in clf_names)))
+    # Make names unique (two groups can share a label, e.g. two unnamed tails).
+    seen: dict[str, int] = {}
+    out = []
+    for g in groups:
+        k = seen.get(g.name, 0)
+        seen[g.name] = k + 1
+        out.append(g if k == 0 else LayerGroup(f"{g.name} ({k + 1})", g.index, g.param_names, g.n_params))
+    return out
+
+
+def trainable_group_names(groups: list[LayerGroup], unfreeze: str | FreezeConfig) -> tuple[str, ...]:
+    """Names of the layer groups that learn under a freezing choice.
+
+    Parameters
+    ----------
+    groups : list of LayerGroup
+        From :func:`layer_groups`.
+    unfreeze : str or FreezeConfig
+        ``"head"``, ``"all"``, ``"last:N"`` (the N groups before the head,
+        plus the head; N larger than the number of groups means all) or
+        ``"groups:a,b,c"`` with layer group names.
+
+    Returns
+    -------
+    tuple of str
+        Trainable group names in model order; the head is always included.
+
+    Raises
+    ------
+    ConfigError
+        If a named group does not exist in the model.
+    """
+    cfg = unfreeze if isinstance(unfreeze, FreezeConfig) else FreezeConfig(unfreeze)
+    names = [g.name for g in groups]
+    body = [n for n in names if n != HEAD]
+    explicit = cfg.group_names
+    if explicit is not None:
+        unknown = [n for n in explicit if n not in names]
+        if unknown:
+            raise ConfigError(
+                f"layer groups {unknown} are not in this model; its groups are: {', '.join(names)}."
+            )
+        chosen = set(explicit)
+    else:
+        kind, n = parse_unfreeze(cfg.unfreeze)
+        if kind == "head":
+            chosen = set()
+        elif kind == "all":
+            chosen = set(body)
+        else:
+            chosen = set(body[-n:]) if n <= len(body) else set(body)
+    chosen.add(HEAD)
+    return tuple(n for n in names if n in chosen)
+
+
+def frozen_batchnorm_modules(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose parameters are all frozen.
+
+    A BatchNorm layer without affine parameters counts as frozen when every
+    other parameter of its parent module is frozen.
+
+    Returns
+    -------
+    list of torch.nn.Module
+        ``torch.nn.modules.batchnorm._BatchNorm`` instances (timm's
+        ``BatchNormAct2d`` included) that must stay in eval mode.
+    """
+    out = []
+    modules = dict(model.named_modules())
+    for name, m in modules.items():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        params = list(m.parameters())
+        if not params:
+            parent = modules.get(name.rsplit(".", 1)[0] if "." in name else "", model)
+            params = list(parent.parameters())
+        if not any(p.requires_grad for p in params):
+            out.append(m)
+    return out
+
+
+def apply_freeze(model: nn.Module, groups: list[LayerGroup], trainable: tuple[str, ...]) -> FreezeSummary:
+    """Set ``requires_grad`` per layer group.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model whose parameters are changed in place.
+    groups : list of LayerGroup
+        From :func:`layer_groups` on the same model.
+    trainable : tuple of str
+        Group names that learn (from :func:`trainable_group_names`).
+
+    Returns
+    -------
+    FreezeSummary
+        The trainable and frozen parameter counts.
+
+    Raises
+    ------
+    ConfigError
+        If nothing would be trainable.
+    """
+    want = set(trainable)
+    learn = {n for g in groups if g.name in want for n in g.param_names}
+    n_tr = n_fr = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in learn)
+        if name in learn:
+            n_tr += p.numel()
+        else:
+            n_fr += p.numel()
+    if n_tr == 0:
+        raise ConfigError("this choice leaves no parameter trainable; tick at least the head.")
+    return FreezeSummary(tuple(g.name for g in groups if g.name in want), n_tr, n_fr)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Put a partly frozen model in training mode, keeping frozen BatchNorm in eval.
+
+    ``model.train()`` would let frozen BatchNorm layers update their running
+    mean and variance (and use batch statistics), which changes a "frozen"
+    backbone. This calls ``model.train()`` and then ``eval()`` on every layer
+    from :func:`frozen_batchnorm_modules`.
+    """
+    model.train()
+    for m in frozen_batchnorm_modules(model):
+        m.eval()

@@ -1,0 +1,407 @@
+"""The training loop and the two-model experiment; UI-agnostic.
+
+:func:`fit` trains one model and reports typed events to callbacks.
+:func:`run_experiment` trains the frozen baseline (linear probe) and then
+the fine-tuned model on the same split and writes everything into the run
+store. Nothing here knows about Streamlit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .backbones import build_model
+from .config import RunConfig, TrainConfig
+from .data import ArrayImageDataset, DatasetSplit, build_transforms, prepare_split
+from .errors import TrainingError
+from .layers import apply_freeze, layer_groups, set_train_mode, trainable_group_names
+from .metrics import macro_recall
+
+__all__ = ["StepEvent", "EpochEvent", "FitResult", "fit", "run_experiment", "pick_device", "Cancelled"]
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """Raised inside :func:`run_experiment` when the stop flag was seen."""
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One optimisation step finished.
+
+    Attributes
+    ----------
+    model : str
+        ``"baseline"`` or ``"finetuned"``.
+    epoch : int
+        1-based epoch.
+    step : int
+        1-based step within this model's training.
+    total_steps : int
+        Steps this model will take.
+    loss : float
+        Mean cross-entropy of the batch.
+    lr : float
+        Learning rate applied at this step.
+    seconds : float
+        Wall time since this model's training began.
+    """
+
+    model: str
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    """One epoch finished, with training and validation metrics.
+
+    Accuracies and recalls are fractions in [0, 1]; losses are mean
+    cross-entropy per image; ``seconds`` is the epoch's wall time including
+    validation; ``images_per_second`` counts training images over the
+    training part only.
+    """
+
+    model: str
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_accuracy: float
+    train_macro_recall: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_recall: float
+    seconds: float
+    images_per_second: float
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    history : list of EpochEvent
+    val_true, val_pred : numpy.ndarray of int64, shape (n_val,)
+        Of the last finished epoch.
+    val_probs : numpy.ndarray of float32, shape (n_val, n_classes)
+        Softmax probabilities.
+    seconds : float
+        Total wall time.
+    images_per_second : float
+        Training images per second over all epochs (training part only).
+    cancelled : bool
+    """
+
+    history: list[EpochEvent] = field(default_factory=list)
+    val_true: np.ndarray | None = None
+    val_pred: np.ndarray | None = None
+    val_probs: np.ndarray | None = None
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    cancelled: bool = False
+
+
+def pick_device() -> torch.device:
+    """CUDA if available, else Apple MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean loss, true labels, predictions and probabilities on a loader (eval mode)."""
+    model.eval()
+    losses, ys, probs = [], [], []
+    n = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        out = model(x).float()
+        losses.append(nn.functional.cross_entropy(out, y, reduction="sum").item())
+        n += y.numel()
+        ys.append(y.cpu())
+        probs.append(out.softmax(1).cpu())
+    p = torch.cat(probs).numpy().astype(np.float32)
+    yt = torch.cat(ys).numpy().astype(np.int64)
+    return sum(losses) / max(n, 1), yt, p.argmax(1).astype(np.int64), p
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    train: TrainConfig,
+    name: str,
+    device: torch.device,
+    on_step: Callable[[StepEvent], None] | None = None,
+    on_epoch: Callable[[EpochEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
+    """Train the trainable parameters of `model` with AdamW and a cosine schedule.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Frozen parameters have ``requires_grad=False`` already
+        (:func:`ftcore.layers.apply_freeze`); frozen BatchNorm layers stay in
+        eval mode (:func:`ftcore.layers.set_train_mode`).
+    train_loader, val_loader : torch.utils.data.DataLoader
+        Batches of (Tensor of shape (batch, 3, height, width), Tensor of
+        int64 labels of shape (batch,)).
+    train : TrainConfig
+        Epochs, learning rate (peak, per step) and weight decay.
+    name : str
+        Model label in events (``"baseline"`` or ``"finetuned"``).
+    device : torch.device
+    on_step, on_epoch : callable or None
+        Receive :class:`StepEvent` / :class:`EpochEvent`.
+    should_stop : callable or None
+        Polled before every batch; when it returns True the loop ends and the
+        result has ``cancelled=True``.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    TrainingError
+        If the loss becomes NaN or infinite (names the step and learning rate).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    total = train.epochs * len(train_loader)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
+    result = FitResult()
+    t0 = time.perf_counter()
+    train_seconds = 0.0
+    n_seen = 0
+    step = 0
+    for epoch in range(1, train.epochs + 1):
+        te = time.perf_counter()
+        set_train_mode(model)
+        loss_sum, ys, preds = 0.0, [], []
+        for x, y in train_loader:
+            if should_stop is not None and should_stop():
+                result.cancelled = True
+                break
+            tb = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            lr = opt.param_groups[0]["lr"]
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"{name}: the loss became {loss.item()} at step {step + 1} (epoch {epoch}) with learning rate "
+                    f"{lr:.3g}; try a learning rate ten times lower."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            train_seconds += time.perf_counter() - tb
+            n_seen += y.numel()
+            loss_sum += loss.item() * y.numel()
+            ys.append(y.detach().cpu())
+            preds.append(out.detach().argmax(1).cpu())
+            if on_step is not None:
+                on_step(StepEvent(name, epoch, step, total, float(loss.item()), float(lr), time.perf_counter() - t0))
+        if result.cancelled:
+            break
+        yt = torch.cat(ys).numpy()
+        yp = torch.cat(preds).numpy()
+        val_loss, vt, vp, vprob = evaluate(model, val_loader, device)
+        result.val_true, result.val_pred, result.val_probs = vt, vp, vprob
+        n_classes = vprob.shape[1]
+        ev = EpochEvent(
+            model=name, epoch=epoch, epochs=train.epochs,
+            train_loss=loss_sum / max(len(yt), 1),
+            train_accuracy=float((yt == yp).mean()) if len(yt) else 0.0,
+            train_macro_recall=macro_recall(yt, yp, n_classes),
+            val_loss=val_loss,
+            val_accuracy=float((vt == vp).mean()) if len(vt) else 0.0,
+            val_macro_recall=macro_recall(vt, vp, n_classes),
+            seconds=time.perf_counter() - te,
+            images_per_second=n_seen / train_seconds if train_seconds > 0 else 0.0,
+        )
+        result.history.append(ev)
+        if on_epoch is not None:
+            on_epoch(ev)
+    result.seconds = time.perf_counter() - t0
+    result.images_per_second = n_seen / train_seconds if train_seconds > 0 else 0.0
+    return result
+
+
+def _loaders(split: DatasetSplit, train_tf, val_tf, train: TrainConfig, seed: int) -> tuple[DataLoader, DataLoader]:
+    n_train = len(split.train_images)
+    bs = min(train.batch_size, n_train)
+    # A last batch of one image breaks BatchNorm in training mode: drop it.
+    drop_last = n_train % bs == 1
+    g = torch.Generator().manual_seed(seed)
+    tl = DataLoader(ArrayImageDataset(split.train_images, split.train_labels, train_tf), batch_size=bs,
+                    shuffle=True, drop_last=drop_last, generator=g, num_workers=train.num_workers,
+                    persistent_workers=train.num_workers > 0)
+    vl = DataLoader(ArrayImageDataset(split.val_images, split.val_labels, val_tf), batch_size=max(bs, 64),
+                    shuffle=False, num_workers=train.num_workers, persistent_workers=train.num_workers > 0)
+    return tl, vl
+
+
+def run_experiment(
+    config: RunConfig,
+    store,
+    run_id: str,
+    should_stop: Callable[[], bool] | None = None,
+    on_event: Callable[[object], None] | None = None,
+) -> dict:
+    """Train the frozen baseline and the fine-tuned model on the same split.
+
+    Parameters
+    ----------
+    config : RunConfig
+    store : ftcore.runs.RunStore
+        Receives status, progress, per-epoch metrics, predictions and weights.
+    run_id : str
+        A run created with ``store.create_run(config)``.
+    should_stop : callable or None
+        Polled every batch; True stops the run with status ``cancelled``.
+    on_event : callable or None
+        Also receives every :class:`StepEvent` and :class:`EpochEvent`.
+
+    Returns
+    -------
+    dict
+        ``{"baseline": {...}, "finetuned": {...}}`` (baseline absent when not
+        trained) with ``val_accuracy``, ``val_macro_recall``,
+        ``train_images_per_second`` and ``seconds`` each, plus ``status``.
+
+    Raises
+    ------
+    FtcoreError
+        Any data, weights or training problem; the run is marked ``failed``
+        with the message before the error propagates.
+    """
+    from .errors import FtcoreError
+    from .runs import MODELS
+
+    tc = config.train
+    torch.manual_seed(tc.seed)
+    stop = should_stop or (lambda: False)
+    try:
+        store.update(run_id, status="running", phase="preparing", message="building the backbone")
+        device = pick_device()
+        # Build once to learn transforms; class count is set after the scan.
+        probe, src = build_model(config.backbone.name, 2, config.backbone.weights)
+        train_tf, val_tf, short = build_transforms(probe, tc.img_size)
+        del probe
+
+        def progress(done: int, total: int) -> None:
+            if done % 50 == 0 or done == total:
+                store.update(run_id, message=f"reading images: {done}/{total}")
+
+        store.update(run_id, phase="preparing", message="reading images")
+        split = prepare_split(config.data, seed=tc.seed, short_side=short, progress=progress)
+        n_classes = len(split.class_names)
+        store.merge_info(
+            run_id, device=str(device), weights=src.describe(), weights_kind=src.kind,
+            class_names=split.class_names, layout=split.layout, counts=split.counts(),
+            skipped=[p.__dict__ for p in split.problems if p.kind in ("unreadable", "not_image")],
+        )
+        store.save_json(run_id, "split.json", {"train": split.train_files, "val": split.val_files,
+                                               "class_names": split.class_names})
+        tl, vl = _loaders(split, train_tf, val_tf, tc, tc.seed)
+        plan = [m for m in MODELS if tc.baseline or m == "finetuned"]
+        steps_per_model = tc.epochs * len(tl)
+        total_steps = steps_per_model * len(plan)
+        store.update(run_id, total_steps=total_steps, step=0)
+        done_steps = 0
+        t_start = time.perf_counter()
+        summary: dict = {}
+        last_write = [0.0]
+
+        for model_name in plan:
+            torch.manual_seed(tc.seed)  # same head initialisation for both models
+            model, _ = build_model(config.backbone.name, n_classes, config.backbone.weights)
+            groups = layer_groups(model)
+            unfreeze = "head" if model_name == "baseline" else config.freeze.unfreeze
+            trainable = trainable_group_names(groups, unfreeze)
+            freeze = apply_freeze(model, groups, trainable)
+            store.merge_info(run_id, **{f"{model_name}_trainable_groups": list(freeze.trainable_groups),
+                                        f"{model_name}_trainable_params": freeze.n_trainable,
+                                        f"{model_name}_frozen_params": freeze.n_frozen})
+            model.to(device)
+            store.update(run_id, phase=model_name, message=f"training the {model_name} model")
+            base = done_steps
+
+            def on_step(ev: StepEvent, base: int = base) -> None:
+                now = time.perf_counter()
+                s = base + ev.step
+                if now - last_write[0] > 0.5 or ev.step == ev.total_steps:
+                    rate = (now - t_start) / s
+                    store.update(run_id, step=s, eta_seconds=rate * (total_steps - s),
+                                 message=f"{ev.model}: epoch {ev.epoch}, step {ev.step}/{ev.total_steps}, "
+                                         f"loss {ev.loss:.3f}")
+                    last_write[0] = now
+                if on_event:
+                    on_event(ev)
+
+            def on_epoch(ev: EpochEvent) -> None:
+                store.add_epoch(run_id, ev.model, ev.epoch, **{k: getattr(ev, k) for k in (
+                    "train_loss", "train_accuracy", "train_macro_recall", "val_loss", "val_accuracy",
+                    "val_macro_recall", "seconds", "images_per_second")})
+                if on_event:
+                    on_event(ev)
+
+            res = fit(model, tl, vl, tc, model_name, device, on_step, on_epoch, stop)
+            done_steps += steps_per_model
+            if res.val_pred is not None:
+                store.save_predictions(run_id, model_name, res.val_true, res.val_pred, res.val_probs, split.val_files)
+                last = res.history[-1]
+                summary[model_name] = {
+                    "val_accuracy": last.val_accuracy, "val_macro_recall": last.val_macro_recall,
+                    "train_images_per_second": res.images_per_second, "seconds": res.seconds,
+                    "epochs_done": len(res.history),
+                }
+            if model_name == "finetuned" and res.history:
+                from safetensors.torch import save_file
+
+                sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                save_file(sd, str(store.run_dir(run_id) / "finetuned.safetensors"))
+            if res.cancelled:
+                raise Cancelled()
+        store.save_json(run_id, "summary.json", summary)
+        store.update(run_id, status="finished", phase="done", step=total_steps, eta_seconds=0.0,
+                     message="finished")
+        summary["status"] = "finished"
+        return summary
+    except Cancelled:
+        store.save_json(run_id, "summary.json", summary)
+        store.update(run_id, status="cancelled", eta_seconds=None, message="cancelled by the user; "
+                     "metrics of finished epochs are kept")
+        summary["status"] = "cancelled"
+        return summary
+    except FtcoreError as e:
+        store.update(run_id, status="failed", error=str(e), eta_seconds=None, message="failed")
+        raise
+    except Exception as e:
+        log.exception("run %s failed", run_id)
+        store.update(run_id, status="failed", error=f"internal error: {type(e).__name__}: {e}",
+                     eta_seconds=None, message="failed")
+        raise
