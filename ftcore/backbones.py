@@ -38,6 +38,7 @@ __all__ = [
     "describe_backbone",
     "build_model",
     "load_weights_file",
+    "check_weights_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -381,3 +382,31 @@ def build_model(name: str, num_classes: int | None, weights: str = "auto") -> tu
     model.eval()
     log.info("built %s with %d classes from %s", name, num_classes, src.describe())
     return model, src
+
+
+def check_weights_file(name: str, path: str | Path) -> int:
+    """Check that a local weights file fits a backbone, key by key and shape by shape.
+
+    Parameters
+    ----------
+    name : str
+        timm model name.
+    path : str or pathlib.Path
+        The weights file.
+
+    Returns
+    -------
+    int
+        Number of tensors that would be loaded.
+
+    Raises
+    ------
+    WeightsError
+        Naming the file and its mismatches (see :func:`load_weights_file`).
+    BackboneError
+        If `name` is not a timm model.
+    """
+    src = resolve_weights(name, str(path))
+    model = timm.create_model(name, pretrained=False)
+    load_weights_file(model, src.location)
+    return len(model.state_dict())

@@ -157,8 +157,12 @@ class TrainConfig:
     batch_size : int, default 32
         Images per step, >= 1. Capped at the number of training images.
     lr : float, default 1e-3
-        Peak learning rate of AdamW per step, > 0. Decays by a cosine over
-        all steps (Loshchilov & Hutter, "SGDR", 2017).
+        Peak learning rate of AdamW per step for the head, > 0. Decays by a
+        cosine over all steps (Loshchilov & Hutter, "SGDR", 2017).
+    backbone_lr_scale : float, default 0.1
+        Unfrozen backbone groups learn at ``lr * backbone_lr_scale``, in
+        (0, 1]: pretrained layers need smaller steps than a new head
+        (discriminative learning rates, Howard & Ruder, "ULMFiT", 2018).
     img_size : int or None, default None
         Square input size in pixels (16 to 1024); None uses the backbone's
         default from its ``pretrained_cfg``.
@@ -175,6 +179,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 32
     lr: float = 1e-3
+    backbone_lr_scale: float = 0.1
     img_size: int | None = None
     baseline: bool = True
     seed: int = 0
@@ -194,6 +199,11 @@ class TrainConfig:
             lr = float("nan")
         if not (0.0 < lr <= 10.0):
             raise ConfigError(f"learning rate {self.lr!r} is not in (0, 10]; a usual value is 1e-3 (AdamW).")
+        if not (0.0 < float(self.backbone_lr_scale) <= 1.0):
+            raise ConfigError(
+                f"backbone learning-rate scale {self.backbone_lr_scale!r} is not in (0, 1]; 0.1 is usual, 1 gives "
+                "the backbone the head's rate."
+            )
         if not (0.0 <= float(self.weight_decay) < 1.0):
             raise ConfigError(f"weight decay {self.weight_decay!r} is not in [0, 1); a usual value is 0.01.")
 

@@ -41,6 +41,8 @@ __all__ = [
     "ArrayImageDataset",
     "build_transforms",
     "write_demo_dataset",
+    "DatasetReport",
+    "inspect_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -205,6 +207,12 @@ def decode_image(path: str | Path, max_short_side: int | None = None) -> np.ndar
     try:
         with Image.open(path) as im:
             im.seek(0)
+            if max_short_side is not None and im.format == "JPEG":
+                # Let libjpeg decode at a reduced scale (a power of two, never below the target).
+                w, h = im.size
+                f = max_short_side / min(w, h)
+                if f < 1:
+                    im.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
@@ -477,3 +485,64 @@ def write_demo_dataset(dest: str | Path, size: int = 32) -> Path:
         Image.fromarray(arr).resize((size, size), Image.BICUBIC).save(d / f"{i:04d}.png")
     marker.write_text("ok\n")
     return dest
+
+
+@dataclass
+class DatasetReport:
+    """What the data step shows before training.
+
+    Attributes
+    ----------
+    layout : str
+        As in :class:`DatasetSplit`.
+    class_names : list of str
+    counts : dict
+        ``{"train": {class: n}, "val": {class: n}}`` of readable images after
+        the split the run will use (same seed, same fraction).
+    samples : dict
+        Class name to up to `n_samples` training image paths, for thumbnails.
+    problems : list of Problem
+    """
+
+    layout: str
+    class_names: list[str]
+    counts: dict[str, dict[str, int]]
+    samples: dict[str, list[str]]
+    problems: list[Problem]
+
+    @property
+    def n_images(self) -> int:
+        """Readable images over both splits."""
+        return sum(sum(c.values()) for c in self.counts.values())
+
+
+def inspect_dataset(data: DataConfig, seed: int = 0, n_samples: int = 4,
+                    progress: Callable[[int, int], None] | None = None) -> DatasetReport:
+    """Decode every image once (small) and report classes, split counts and problems.
+
+    Parameters
+    ----------
+    data : DataConfig
+    seed : int, default 0
+        The split seed the run will use.
+    n_samples : int, default 4
+        Thumbnail paths kept per class.
+    progress : callable or None
+        ``progress(done, total)`` after each file.
+
+    Returns
+    -------
+    DatasetReport
+
+    Raises
+    ------
+    DatasetError
+        As :func:`prepare_split`.
+    """
+    split = prepare_split(data, seed=seed, short_side=16, progress=progress)
+    samples: dict[str, list[str]] = {c: [] for c in split.class_names}
+    for f, y in zip(split.train_files, split.train_labels):
+        lst = samples[split.class_names[y]]
+        if len(lst) < n_samples:
+            lst.append(f)
+    return DatasetReport(split.layout, split.class_names, split.counts(), samples, split.problems)

@@ -166,7 +166,8 @@ def fit(
         Batches of (Tensor of shape (batch, 3, height, width), Tensor of
         int64 labels of shape (batch,)).
     train : TrainConfig
-        Epochs, learning rate (peak, per step) and weight decay.
+        Epochs, learning rates (peak, per step: the head's ``lr``, unfrozen
+        backbone groups ``lr * backbone_lr_scale``) and weight decay.
     name : str
         Model label in events (``"baseline"`` or ``"finetuned"``).
     device : torch.device
@@ -185,8 +186,13 @@ def fit(
     TrainingError
         If the loss becomes NaN or infinite (names the step and learning rate).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [{"params": head, "lr": train.lr}]
+    if body:
+        groups.append({"params": body, "lr": train.lr * train.backbone_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
     total = train.epochs * len(train_loader)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
     result = FitResult()

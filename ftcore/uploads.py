@@ -1,0 +1,153 @@
+"""Turn browser uploads (a folder of files or a zip) into an image folder in the store.
+
+Uploads are written under the run store (``<store>/datasets/upload-<id>``),
+never next to the user's own files. Zip extraction is defensive: members
+whose path would leave the extraction folder, links, and anything past the
+size and count caps are refused.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Iterable
+
+from .errors import DatasetError
+
+__all__ = ["MAX_UPLOAD_BYTES", "MAX_UPLOAD_FILES", "save_uploaded_files", "extract_zip", "class_root"]
+
+#: Cap on the unpacked size of one upload, in bytes (2 GiB).
+MAX_UPLOAD_BYTES = 2 * 1024**3
+#: Cap on the number of files in one upload.
+MAX_UPLOAD_FILES = 100_000
+
+
+def _new_dest(store_root: Path) -> Path:
+    d = Path(store_root) / "datasets" / f"upload-{secrets.token_hex(4)}"
+    d.mkdir(parents=True, exist_ok=False)
+    return d
+
+
+def _safe_relpath(name: str) -> PurePosixPath | None:
+    p = PurePosixPath(name.replace("\\", "/"))
+    parts = [s for s in p.parts if s not in ("", ".")]
+    if not parts or p.is_absolute() or any(s == ".." for s in parts) or ":" in parts[0]:
+        return None
+    return PurePosixPath(*parts)
+
+
+def save_uploaded_files(files: Iterable[tuple[str, bytes]], store_root: str | Path) -> Path:
+    """Write uploaded files, keeping their relative paths, into a new folder.
+
+    Parameters
+    ----------
+    files : iterable of (str, bytes)
+        Relative path as the browser sent it (``"pets/cats/1.jpg"``) and the
+        file's content.
+    store_root : str or pathlib.Path
+        Run store root; the folder is created under ``datasets/``.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder written, narrowed by :func:`class_root`.
+
+    Raises
+    ------
+    DatasetError
+        If a path tries to leave the folder, or the caps are exceeded.
+    """
+    dest = _new_dest(Path(store_root))
+    total = count = 0
+    for name, data in files:
+        rel = _safe_relpath(name)
+        if rel is None:
+            raise DatasetError(f"uploaded file name {name!r} is not a safe relative path; rename it and upload again.")
+        count += 1
+        total += len(data)
+        if count > MAX_UPLOAD_FILES or total > MAX_UPLOAD_BYTES:
+            raise DatasetError(
+                f"the upload exceeds {MAX_UPLOAD_FILES} files or {MAX_UPLOAD_BYTES // 1024**2} MiB; "
+                "upload fewer images or use a folder on the server."
+            )
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    return class_root(dest)
+
+
+def extract_zip(data: bytes, store_root: str | Path, name: str = "upload.zip") -> Path:
+    """Extract a zip archive of an image folder safely into the store.
+
+    Parameters
+    ----------
+    data : bytes
+        The archive.
+    store_root : str or pathlib.Path
+        Run store root.
+    name : str, default "upload.zip"
+        The archive's file name, for messages.
+
+    Returns
+    -------
+    pathlib.Path
+        The extracted folder, narrowed by :func:`class_root`.
+
+    Raises
+    ------
+    DatasetError
+        If it is not a zip, a member's path leaves the folder, a member is a
+        link, or it unpacks to more than ``MAX_UPLOAD_FILES`` files or
+        ``MAX_UPLOAD_BYTES`` bytes (checked before anything is written).
+    """
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as e:
+        raise DatasetError(f"{name} is not a readable zip archive ({e}); upload a .zip of the image folder.") from e
+    with zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        if len(infos) > MAX_UPLOAD_FILES or sum(i.file_size for i in infos) > MAX_UPLOAD_BYTES:
+            raise DatasetError(
+                f"{name} unpacks to more than {MAX_UPLOAD_FILES} files or {MAX_UPLOAD_BYTES // 1024**2} MiB; "
+                "upload a smaller archive or use a folder on the server."
+            )
+        for i in infos:
+            if _safe_relpath(i.filename) is None:
+                raise DatasetError(f"{name}: member {i.filename!r} would be written outside the folder; refused.")
+            if stat.S_ISLNK(i.external_attr >> 16):
+                raise DatasetError(f"{name}: member {i.filename!r} is a link; links are not followed. Refused.")
+        dest = _new_dest(Path(store_root))
+        written = 0
+        for i in infos:
+            rel = _safe_relpath(i.filename)
+            if rel.parts[0] == "__MACOSX":
+                continue
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(i) as src, open(out, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > MAX_UPLOAD_BYTES:
+                        raise DatasetError(f"{name} unpacks to more than its header says; refused.")
+                    dst.write(chunk)
+    return class_root(dest)
+
+
+def class_root(folder: str | Path) -> Path:
+    """Go down through single wrapper folders to the folder holding the classes.
+
+    A zip of ``pets/`` unpacks to ``dest/pets/{cats,dogs}``; this returns
+    ``dest/pets``. Hidden entries and ``__MACOSX`` do not count.
+    """
+    p = Path(folder)
+    while True:
+        entries = [e for e in p.iterdir() if not e.name.startswith(".") and e.name != "__MACOSX"]
+        if len(entries) == 1 and entries[0].is_dir():
+            sub = [e for e in entries[0].iterdir() if not e.name.startswith(".")]
+            if any(e.is_dir() for e in sub):
+                p = entries[0]
+                continue
+        return p

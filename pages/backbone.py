@@ -1,0 +1,106 @@
+"""Step 1: pick a timm backbone and where its pretrained weights come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from ftcore.backbones import check_weights_file, describe_backbone, list_backbones
+from ftcore.errors import FtcoreError
+from pages.common import fmt_params, get_store, init_state
+
+init_state()
+st.title("1. Backbone")
+st.write(
+    "Pick a pretrained image model from [timm](https://huggingface.co/docs/timm). Its new classifier head will "
+    "learn your classes; the next step decides which of its layer groups also learn."
+)
+
+
+@st.cache_data(show_spinner=False)
+def _search(q: str) -> list[str]:
+    return list_backbones(q)
+
+
+@st.cache_data(show_spinner="Reading the model's size...")
+def _describe(name: str):
+    return describe_backbone(name)
+
+
+query = st.text_input("Search models by name", value=st.session_state.get("backbone_query", "efficientnet_lite"),
+                      help="A part of the name (resnet, vit_small, convnext) or a pattern with * (resnet*).")
+st.session_state["backbone_query"] = query
+matches = _search(query)
+if not matches:
+    st.warning(f"No timm model name contains '{query}'. Try a shorter part, e.g. 'resnet'.")
+    st.stop()
+current = st.session_state["backbone"]
+if current not in matches:
+    matches = [current, *matches]
+shown = matches[:500]
+name = st.selectbox(f"Model ({len(matches)} found{', first 500 shown' if len(matches) > 500 else ''})",
+                    shown, index=shown.index(current))
+if name != st.session_state["backbone"]:
+    st.session_state["backbone"] = name
+    st.session_state["unfreeze"] = "all"
+    st.session_state.pop("weights_file", None)
+    if st.session_state["weights"] not in ("auto", "none"):
+        st.session_state["weights"] = "auto"
+
+try:
+    info = _describe(name)
+except FtcoreError as e:
+    st.error(str(e))
+    st.stop()
+
+c1, c2, c3 = st.columns(3)
+c1.metric("Parameters", fmt_params(info.n_params), help="With a 1000-class ImageNet head.")
+c2.metric("Default input size", f"{info.input_size[2]} x {info.input_size[1]} px")
+c3.metric("Pretrained weights", {"packaged": "offline, packaged", "hf_cache": "local cache", "download": "download",
+                                  "none": "none known"}[info.weights.kind])
+st.caption(f"Where the weights would come from here: {info.weights.describe()}.")
+
+options = ["auto", "file", "none"]
+labels = {
+    "auto": "Pretrained weights (recommended)",
+    "file": "A local weights file for this architecture",
+    "none": "Random initialisation (no pretraining)",
+}
+cur = st.session_state["weights"]
+choice = st.radio("Starting weights", options, format_func=labels.get,
+                  index=0 if cur == "auto" else (2 if cur == "none" else 1))
+
+if choice == "auto":
+    st.session_state["weights"] = "auto"
+    if info.weights.kind == "none":
+        st.error(f"No pretrained weights are known for {name}. Give a weights file, choose random "
+                 "initialisation explicitly, or pick another model.")
+    elif info.weights.kind == "download":
+        st.info("These weights are downloaded from the Hugging Face hub when training starts; with no network "
+                "that fails. The tf_efficientnet_lite0/1/2 models work offline.")
+elif choice == "none":
+    st.session_state["weights"] = "none"
+    st.warning("Random initialisation: both models start from scratch, so the frozen baseline is a linear probe "
+               "on random features and the comparison means little. Expect much lower accuracy.")
+else:
+    st.write("Give the path of a weights file on the server, or upload one (.safetensors, .pth, .pt, .bin).")
+    path = st.text_input("Weights file path on the server", value=st.session_state.get("weights_file") or "")
+    up = st.file_uploader("...or upload a weights file", type=["safetensors", "pth", "pt", "bin"])
+    if up is not None:
+        dest = get_store().root / "weights" / Path(up.name).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(up.getvalue())
+        path = str(dest)
+    if path:
+        try:
+            with st.spinner("Checking the file against the architecture, key by key..."):
+                n = check_weights_file(name, path)
+        except FtcoreError as e:
+            st.error(str(e))
+        else:
+            st.success(f"{path} fits {name}: {n} tensors match by name and shape.")
+            st.session_state["weights"] = path
+            st.session_state["weights_file"] = path
+
+st.page_link("pages/layers.py", label="Next: choose the layers to fine-tune", icon=":material/arrow_forward:")

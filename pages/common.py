@@ -1,0 +1,130 @@
+"""Shared UI helpers for the pages: the run store, the walk's state, the sidebar.
+
+UI only: everything computed comes from ftcore.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from ftcore.config import DEFAULT_BACKBONE
+from ftcore.errors import FtcoreError
+from ftcore.jobs import latest_active_run, refresh
+from ftcore.runs import RunStore
+
+#: The walk's choices, kept across pages in st.session_state (not widget keys,
+#: which Streamlit forgets when a page stops showing the widget).
+DEFAULTS = {
+    "backbone": DEFAULT_BACKBONE,
+    "weights": "auto",
+    "unfreeze": "all",
+    "data_dir": None,
+    "val_dir": None,
+    "val_fraction": 0.2,
+    "data_label": None,
+}
+
+
+def init_state() -> None:
+    """Fill missing walk state with defaults."""
+    for k, v in DEFAULTS.items():
+        st.session_state.setdefault(k, v)
+
+
+@st.cache_resource
+def get_store() -> RunStore:
+    """The run store, created once per server process ($FTCORE_HOME or ~/.ftcore)."""
+    return RunStore()
+
+
+def fmt_params(n: int) -> str:
+    """Parameter count for people: 4.65 M, 12.3 k."""
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} k"
+    return str(n)
+
+
+def fmt_seconds(s: float | None) -> str:
+    """Seconds as m:ss or h:mm:ss."""
+    if s is None:
+        return "unknown"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def current_run_id() -> str | None:
+    """The run this browser tab follows: ?run=ID in the address, else the newest active run."""
+    rid = st.query_params.get("run")
+    store = get_store()
+    if rid:
+        try:
+            store.get(rid)
+            return rid
+        except FtcoreError:
+            pass
+    rec = latest_active_run(store)
+    if rec is not None:
+        return rec.run_id
+    runs = store.list(limit=1)
+    return runs[0].run_id if runs else None
+
+
+def sidebar_status() -> None:
+    """The shared sidebar: current choices and the status of the current run."""
+    with st.sidebar:
+        st.caption("Your choices")
+        st.markdown(
+            f"- **Backbone:** `{st.session_state['backbone']}`\n"
+            f"- **Weights:** {st.session_state['weights'] if st.session_state['weights'] in ('auto', 'none') else 'local file'}\n"
+            f"- **Unfreeze:** {describe_unfreeze(st.session_state['unfreeze'])}\n"
+            f"- **Data:** {st.session_state['data_label'] or 'not chosen yet'}"
+        )
+        _sidebar_run()
+
+
+@st.fragment(run_every=3)
+def _sidebar_run() -> None:
+    store = get_store()
+    rec = latest_active_run(store)
+    st.caption("Training")
+    if rec is None:
+        st.write("No run in progress.")
+        return
+    frac = rec.step / rec.total_steps if rec.total_steps else 0.0
+    st.progress(min(frac, 1.0), text=f"{rec.phase or rec.status}: {frac:.0%}")
+    st.caption(f"Run {rec.run_id}, about {fmt_seconds(rec.eta_seconds)} left")
+
+
+def describe_unfreeze(spec: str) -> str:
+    """A short description of an unfreeze choice."""
+    if spec == "head":
+        return "head only (linear probe)"
+    if spec == "all":
+        return "all layer groups"
+    if spec.startswith("last:"):
+        return f"last {spec[5:]} groups + head"
+    if spec.startswith("groups:"):
+        names = [g for g in spec[7:].split(",") if g]
+        return f"{len(names)} groups ticked"
+    return spec
+
+
+def run_record(run_id: str):
+    """The run's record, with a dead worker detected."""
+    return refresh(get_store(), run_id)
+
+
+def age(ts: float) -> str:
+    """How long ago a Unix time was, in words."""
+    d = time.time() - ts
+    if d < 90:
+        return f"{int(d)} s ago"
+    if d < 5400:
+        return f"{int(d / 60)} min ago"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))

@@ -1,0 +1,94 @@
+"""Step 5: what fine-tuning bought, on the same validation images."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from ftcore.errors import FtcoreError
+from ftcore.metrics import compare_run
+from pages.common import age, current_run_id, get_store, init_state
+
+init_state()
+store = get_store()
+st.title("5. Compare")
+st.write("The frozen baseline (pretrained backbone frozen, only a new head trained) against the fine-tuned model, "
+         "on the same validation images.")
+
+runs = [r for r in store.list(limit=50) if (store.run_dir(r.run_id) / "finetuned_predictions.npz").exists()]
+if not runs:
+    st.info("No run has finished a fine-tuned epoch yet. Train one in step 4.")
+    st.page_link("pages/train.py", label="Go to 4. Train", icon=":material/arrow_back:")
+    st.stop()
+ids = [r.run_id for r in runs]
+want = current_run_id()
+run_id = st.selectbox(
+    "Run", ids, index=ids.index(want) if want in ids else 0,
+    format_func=lambda r: (lambda x: f"{r}: {x.config.backbone.name}, {x.status}, {age(x.created)}")(
+        next(x for x in runs if x.run_id == r)))
+rec = store.get(run_id)
+try:
+    cmp = compare_run(store, run_id)
+except FtcoreError as e:
+    st.error(str(e))
+    st.stop()
+
+if rec.status != "finished":
+    st.warning(f"This run is {rec.status}; the numbers are from its last finished epoch.")
+if cmp.baseline is None:
+    st.info("This run trained no frozen baseline; only the fine-tuned model is shown.")
+
+st.caption(f"{int(cmp.finetuned.support.sum())} validation images, {len(cmp.class_names)} classes · backbone "
+           f"`{rec.config.backbone.name}` · unfrozen: {', '.join(rec.info.get('finetuned_trainable_groups', []))}")
+
+cols = st.columns(3)
+for col, (metric, row) in zip(cols, cmp.overall.iterrows()):
+    delta = None if pd.isna(row["change"]) else f"{row['change'] * 100:+.1f} points vs baseline"
+    col.metric(f"Fine-tuned {metric}", f"{row['fine-tuned']:.1%}", delta=delta)
+    if not pd.isna(row["baseline"]):
+        col.caption(f"Frozen baseline: {row['baseline']:.1%}")
+
+st.subheader("Recall per class")
+pc = cmp.per_class
+long = pd.concat([
+    pd.DataFrame({"class": pc["class"], "model": "frozen baseline", "recall": pc["recall baseline"]}),
+    pd.DataFrame({"class": pc["class"], "model": "fine-tuned", "recall": pc["recall fine-tuned"]}),
+]).dropna()
+fig = px.bar(long, x="class", y="recall", color="model", barmode="group",
+             color_discrete_map={"frozen baseline": "#8A94A6", "fine-tuned": "#2E7D6B"})
+fig.update_layout(yaxis_range=[0, 1.02], height=360, margin=dict(l=0, r=0, t=10, b=0), legend_title_text="")
+fig.update_xaxes(type="category")
+st.plotly_chart(fig, width="stretch")
+with st.expander("Precision, recall and F1 per class (table)"):
+    st.dataframe(pc.style.format({c: "{:.3f}" for c in pc.columns if c not in ("class", "support")}),
+                 hide_index=True, width="stretch")
+
+st.subheader("Confusion matrices")
+st.caption("Rows: true class; columns: predicted class; cells: number of validation images.")
+
+
+def confusion_fig(cm, title: str) -> go.Figure:
+    names = [str(c) for c in cmp.class_names]
+    f = px.imshow(cm, x=names, y=names, text_auto=True, color_continuous_scale="Teal", aspect="equal",
+                  labels=dict(x="predicted", y="true", color="images"))
+    f.update_layout(title=title, height=420, margin=dict(l=0, r=0, t=40, b=0), coloraxis_showscale=False)
+    f.update_xaxes(type="category")
+    f.update_yaxes(type="category")
+    return f
+
+
+c1, c2 = st.columns(2)
+if cmp.baseline is not None:
+    c1.plotly_chart(confusion_fig(cmp.baseline.confusion, "Frozen baseline"), width="stretch")
+c2.plotly_chart(confusion_fig(cmp.finetuned.confusion, "Fine-tuned"), width="stretch")
+
+if cmp.baseline is not None:
+    fixed = int((cmp.flipped["fixed"] == True).sum())  # noqa: E712 - column holds True/False/None
+    broken = int((cmp.flipped["fixed"] == False).sum())  # noqa: E712
+    st.subheader("Images whose prediction changed")
+    st.write(f"Fine-tuning fixed **{fixed}** and broke **{broken}** of the validation images the baseline had "
+             f"{'right or wrong' if fixed + broken else 'seen'}.")
+    if len(cmp.flipped):
+        st.dataframe(cmp.flipped, hide_index=True, width="stretch")

@@ -1,0 +1,148 @@
+"""Step 3: give it images: the demo digits, a folder on the server, or an upload."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from ftcore.config import DataConfig
+from ftcore.data import write_demo_dataset, inspect_dataset
+from ftcore.errors import FtcoreError
+from ftcore.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, extract_zip, save_uploaded_files
+from pages.common import get_store, init_state
+
+init_state()
+st.title("3. Data")
+st.write(
+    "One sub-folder per class, images inside (JPEG, PNG, BMP, GIF, WebP, TIFF). If the folder has `train/` and "
+    "`val/` sub-folders, that split is used; otherwise a share of each class is held out for validation, "
+    "the same for both models."
+)
+
+store = get_store()
+SOURCES = {
+    "demo": "Demo: handwritten digits (1,797 images, 10 classes, from scikit-learn)",
+    "folder": "A folder on this server",
+    "upload": "Upload a folder or a zip",
+}
+source = st.radio("Images from", list(SOURCES), format_func=SOURCES.get,
+                  index=list(SOURCES).index(st.session_state.get("data_source", "demo")))
+st.session_state["data_source"] = source
+
+data_dir: str | None = None
+val_dir: str | None = None
+label = None
+if source == "demo":
+    with st.spinner("Writing the demo images into the run store..."):
+        data_dir = str(write_demo_dataset(store.root / "datasets" / "digits"))
+    label = "demo digits"
+elif source == "folder":
+    data_dir = st.text_input("Folder path", value=st.session_state.get("folder_path", ""),
+                             placeholder="/data/pets  (holding cats/, dogs/, ... or train/ and val/)").strip() or None
+    st.session_state["folder_path"] = data_dir or ""
+    val_dir = st.text_input("Separate validation folder (optional)", value=st.session_state.get("folder_val", ""),
+                            placeholder="leave empty to split the folder above").strip() or None
+    st.session_state["folder_val"] = val_dir or ""
+    if data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
+        st.error(f"{data_dir} is not a folder on this server. Give the full path of a folder that holds one "
+                 "sub-folder per class.")
+        data_dir = None
+    label = data_dir
+else:
+    st.caption(
+        f"Limits: {MAX_UPLOAD_FILES:,} files and {MAX_UPLOAD_BYTES // 1024**3} GiB unpacked per upload; each request "
+        "at most the server's upload limit (1 GiB as configured in .streamlit/config.toml). Uploads are copied into "
+        "the run store; your own files are never changed."
+    )
+    folder_files = st.file_uploader("Upload a folder (one sub-folder per class)", accept_multiple_files="directory",
+                                    key="upload_dir")
+    zip_file = st.file_uploader("...or upload a zip of the folder", type=["zip"], key="upload_zip")
+    try:
+        if zip_file is not None:
+            key = ("zip", zip_file.name, zip_file.size)
+            if st.session_state.get("upload_key") != key:
+                with st.spinner(f"Extracting {zip_file.name}..."):
+                    st.session_state["upload_path"] = str(extract_zip(zip_file.getvalue(), store.root, zip_file.name))
+                st.session_state["upload_key"] = key
+        elif folder_files:
+            key = ("dir", len(folder_files), sum(f.size for f in folder_files))
+            if st.session_state.get("upload_key") != key:
+                with st.spinner(f"Saving {len(folder_files)} files..."):
+                    st.session_state["upload_path"] = str(
+                        save_uploaded_files(((f.name, f.getvalue()) for f in folder_files), store.root))
+                st.session_state["upload_key"] = key
+    except FtcoreError as e:
+        st.error(str(e))
+        st.session_state.pop("upload_key", None)
+        st.session_state.pop("upload_path", None)
+    data_dir = st.session_state.get("upload_path")
+    label = "uploaded folder" if data_dir else None
+
+val_fraction = st.slider("Validation share of each class (when the folder has no val/)", 0.05, 0.5,
+                         float(st.session_state["val_fraction"]), 0.05)
+
+if not data_dir:
+    st.info("Choose where the images come from to see the classes.")
+    st.stop()
+
+
+def _inspect(train_dir: str, val: str | None, fraction: float, stamp: float):
+    """Inspect once per folder, fraction and modification time; kept in the session."""
+    key = (train_dir, val, fraction, stamp)
+    memo = st.session_state.setdefault("_inspect_memo", {})
+    if key not in memo:
+        bar = st.progress(0.0, text="Reading every image once...")
+
+        def progress(done: int, total: int) -> None:
+            if done % 25 == 0 or done == total:
+                bar.progress(done / total, text=f"Reading every image once: {done}/{total}")
+
+        try:
+            memo.clear()
+            memo[key] = inspect_dataset(DataConfig(train_dir, val, fraction), progress=progress)
+        finally:
+            bar.empty()
+    return memo[key]
+
+
+def _stamp(*paths: str | None) -> float:
+    return sum(os.stat(p).st_mtime for p in paths if p and os.path.exists(p))
+
+
+try:
+    report = _inspect(data_dir, val_dir, float(val_fraction), _stamp(data_dir, val_dir))
+except FtcoreError as e:
+    st.error(str(e))
+    st.stop()
+
+st.session_state.update(data_dir=data_dir, val_dir=val_dir, val_fraction=float(val_fraction), data_label=label)
+
+layout_words = {"class_folders": f"one folder per class, {val_fraction:.0%} of each class held out (seeded, "
+                                 "stratified)",
+                "train_val": "its own train/ and val/ split", "separate_val": "a separate validation folder"}
+st.success(f"{len(report.class_names)} classes, {report.n_images} readable images; split: "
+           f"{layout_words[report.layout]}.")
+counts = pd.DataFrame(report.counts).rename(columns={"train": "training images", "val": "validation images"})
+counts.index.name = "class"
+st.dataframe(counts, width="stretch")
+
+st.subheader("A few images of each class")
+for cls, files in report.samples.items():
+    cols = st.columns([1, 4])
+    cols[0].markdown(f"**{cls}**")
+    with cols[1]:
+        st.image(files, width=96, caption=[Path(f).name for f in files])
+
+skipped = [p for p in report.problems if p.action == "skipped"]
+ignored = [p for p in report.problems if p.action == "ignored"]
+if skipped:
+    st.warning(f"{len(skipped)} files cannot be used and are left out of training:")
+    st.dataframe(pd.DataFrame([p.__dict__ for p in skipped]), width="stretch", hide_index=True)
+if ignored:
+    with st.expander(f"{len(ignored)} entries ignored (hidden files, system files, empty folders)"):
+        st.dataframe(pd.DataFrame([p.__dict__ for p in ignored]), width="stretch", hide_index=True)
+
+st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")
