@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
     t.add_argument("--backbone-lr-scale", type=float, default=0.1,
                    help="unfrozen backbone groups learn at lr times this (default 0.1)")
+    t.add_argument("--update-bn", action="store_true",
+                   help="let BatchNorm in unfrozen groups update its running statistics (default: kept)")
     t.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
@@ -85,7 +87,9 @@ def _train(args: argparse.Namespace) -> int:
             backbone=BackboneConfig(args.model, args.weights),
             freeze=FreezeConfig(args.unfreeze),
             data=DataConfig(args.data, args.val, args.val_fraction),
-            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale, img_size=args.img_size,
+            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              backbone_lr_scale=args.backbone_lr_scale, img_size=args.img_size,
+                              update_bn=args.update_bn,
                               baseline=not args.no_baseline, seed=args.seed, num_workers=args.workers),
         )
         from .backbones import resolve_weights

@@ -166,6 +166,10 @@ class TrainConfig:
     img_size : int or None, default None
         Square input size in pixels (16 to 1024); None uses the backbone's
         default from its ``pretrained_cfg``.
+    update_bn : bool, default False
+        Let BatchNorm layers in unfrozen groups update their running
+        statistics (see :func:`ftcore.layers.set_train_mode`). Frozen groups'
+        BatchNorm never updates.
     baseline : bool, default True
         Also train the frozen baseline (linear probe) on the same split.
     seed : int, default 0
@@ -181,6 +185,7 @@ class TrainConfig:
     lr: float = 1e-3
     backbone_lr_scale: float = 0.1
     img_size: int | None = None
+    update_bn: bool = False
     baseline: bool = True
     seed: int = 0
     weight_decay: float = 0.01

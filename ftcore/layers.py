@@ -296,45 +296,27 @@ def apply_freeze(model: nn.Module, groups: list[LayerGroup], trainable: tuple[st
     return FreezeSummary(tuple(g.name for g in groups if g.name in want), n_tr, n_fr)
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """Put a partly frozen model in training mode, keeping frozen BatchNorm in eval.
+def set_train_mode(model: nn.Module, update_bn: bool = False) -> None:
+    """Put a partly frozen model in training mode, with BatchNorm statistics kept where they must be.
 
-    ``model.train()`` would let frozen BatchNorm layers update their running
-    mean and variance (and use batch statistics), which changes a "frozen"
-    backbone. This calls ``model.train()`` and then ``eval()`` on every layer
-    from :func:`frozen_batchnorm_modules`.
-    """
-    model.train()
-    for m in frozen_batchnorm_modules(model):
-        m.eval()
-
-
-def describe_layer_groups(model_name: str, num_classes: int = 2, coarse: bool = True) -> list[LayerGroup]:
-    """Layer groups of a timm architecture without loading weights.
-
-    The model is built on PyTorch's ``meta`` device (no memory for weights).
+    ``model.train()`` would let every BatchNorm layer normalise with batch
+    statistics and move its running mean and variance, which changes a
+    "frozen" backbone. This calls ``model.train()`` and then ``eval()`` on
+    every layer from :func:`frozen_batchnorm_modules`, and, unless
+    `update_bn`, on every other BatchNorm layer too (its affine weight and
+    bias still learn when its group is unfrozen).
 
     Parameters
     ----------
-    model_name : str
-        timm model name.
-    num_classes : int, default 2
-        Head size used for the head's parameter count.
-    coarse : bool, default True
-        See :func:`layer_groups`.
-
-    Raises
-    ------
-    BackboneError
-        If timm cannot build the model.
+    model : torch.nn.Module
+    update_bn : bool, default False
+        Let BatchNorm layers in unfrozen groups use batch statistics and
+        update their running statistics. Off by default: with small data sets
+        and batches, keeping the pretrained statistics fine-tunes more stably
+        (Keras transfer-learning guide, "BatchNormalization layers").
     """
-    import timm
-
-    from .errors import BackboneError
-
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
-    except Exception as e:
-        raise BackboneError(f"timm cannot build '{model_name}': {e}") from e
-    return layer_groups(model, coarse=coarse)
+    model.train()
+    frozen = {id(m) for m in frozen_batchnorm_modules(model)}
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (id(m) in frozen or not update_bn):
+            m.eval()

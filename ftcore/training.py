@@ -126,12 +126,24 @@ def pick_device() -> torch.device:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean loss, true labels, predictions and probabilities on a loader (eval mode)."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, should_stop: Callable[[], bool] | None = None,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Evaluate a model in eval mode with deterministic inputs.
+
+    Returns
+    -------
+    tuple or None
+        Mean cross-entropy per image, true labels (int64, shape (n,)),
+        predictions (int64, shape (n,)) and softmax probabilities (float32,
+        shape (n, n_classes)); None when `should_stop` returned True.
+    """
     model.eval()
     losses, ys, probs = [], [], []
     n = 0
     for x, y in loader:
+        if should_stop is not None and should_stop():
+            return None
         x, y = x.to(device), y.to(device)
         out = model(x).float()
         losses.append(nn.functional.cross_entropy(out, y, reduction="sum").item())
@@ -202,7 +214,7 @@ def fit(
     step = 0
     for epoch in range(1, train.epochs + 1):
         te = time.perf_counter()
-        set_train_mode(model)
+        set_train_mode(model, train.update_bn)
         loss_sum, ys, preds = 0.0, [], []
         for x, y in train_loader:
             if should_stop is not None and should_stop():
@@ -234,7 +246,11 @@ def fit(
             break
         yt = torch.cat(ys).numpy()
         yp = torch.cat(preds).numpy()
-        val_loss, vt, vp, vprob = evaluate(model, val_loader, device)
+        evaluated = evaluate(model, val_loader, device, should_stop)
+        if evaluated is None:
+            result.cancelled = True
+            break
+        val_loss, vt, vp, vprob = evaluated
         result.val_true, result.val_pred, result.val_probs = vt, vp, vprob
         n_classes = vprob.shape[1]
         ev = EpochEvent(
@@ -310,6 +326,7 @@ def run_experiment(
     tc = config.train
     torch.manual_seed(tc.seed)
     stop = should_stop or (lambda: False)
+    summary: dict = {}
     try:
         store.update(run_id, status="running", phase="preparing", message="building the backbone")
         device = pick_device()
@@ -319,6 +336,8 @@ def run_experiment(
         del probe
 
         def progress(done: int, total: int) -> None:
+            if done % 10 == 0 and stop():
+                raise Cancelled()
             if done % 50 == 0 or done == total:
                 store.update(run_id, message=f"reading images: {done}/{total}")
 
@@ -339,7 +358,6 @@ def run_experiment(
         store.update(run_id, total_steps=total_steps, step=0)
         done_steps = 0
         t_start = time.perf_counter()
-        summary: dict = {}
         last_write = [0.0]
 
         for model_name in plan:

@@ -88,7 +88,8 @@ if cmp.baseline is not None:
     fixed = int((cmp.flipped["fixed"] == True).sum())  # noqa: E712 - column holds True/False/None
     broken = int((cmp.flipped["fixed"] == False).sum())  # noqa: E712
     st.subheader("Images whose prediction changed")
-    st.write(f"Fine-tuning fixed **{fixed}** and broke **{broken}** of the validation images the baseline had "
-             f"{'right or wrong' if fixed + broken else 'seen'}.")
+    other = len(cmp.flipped) - fixed - broken
+    st.write(f"Fine-tuning fixed **{fixed}** validation images the baseline got wrong and broke **{broken}** it "
+             f"got right; **{other}** changed from one wrong class to another.")
     if len(cmp.flipped):
         st.dataframe(cmp.flipped, hide_index=True, width="stretch")

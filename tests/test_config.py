@@ -149,7 +149,7 @@ def test_run_config_from_dict_rejects_unknown_section_and_key():
     with pytest.raises(ConfigError, match=r"unknown configuration sections \['optimizer'\]"):
         RunConfig.from_dict({"optimizer": {}})
     with pytest.raises(ConfigError, match=r"unknown keys \['momentum'\] in 'train'"):
-        RunConfig.from_dict({"train": {"momentum": 0.9}})
+        RunConfig.from_dict({"data": {"train_dir": "/d"}, "train": {"momentum": 0.9}})
 
 
 def test_run_config_from_dict_validates_values():

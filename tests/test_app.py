@@ -1,0 +1,352 @@
+"""The dashboard's pages, driven headless with Streamlit's ``AppTest``.
+
+Every test points ``FTCORE_HOME`` at its own temporary folder and clears
+Streamlit's resource cache first, so ``pages.common.get_store`` opens a fresh
+run store there. The data cache (``st.cache_data``: model search, backbone
+description, layer groups) depends only on the model name, so it is kept
+between tests: building ``tf_efficientnet_lite0`` once is enough.
+
+The training test starts a real worker process (``python -m ftcore worker``)
+on a tiny image folder with timm's ``test_resnet`` and random initialisation;
+it runs on the CPU, offline, in a few seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "app.py")
+PAGES = ["pages/backbone.py", "pages/layers.py", "pages/data.py", "pages/train.py", "pages/compare.py"]
+TIMEOUT = 60
+#: Seconds the training test waits for its worker to finish.
+RUN_TIMEOUT = 120
+
+COLOURS = [(220, 30, 30), (30, 200, 40), (30, 40, 220)]
+
+
+# --- fixtures and helpers ------------------------------------------------------
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh run store folder in ``FTCORE_HOME``; the app's cached store forgotten."""
+    h = tmp_path / "ftcore_home"
+    h.mkdir()
+    monkeypatch.setenv("FTCORE_HOME", str(h))
+    # One thread per torch process (the worker inherits the environment): on a
+    # small, busy machine two spinning OpenMP threads per process are far slower.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # app.py names its assets relative to the working directory, as `streamlit run app.py` does.
+    monkeypatch.chdir(REPO)
+    st.cache_resource.clear()
+    yield h
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def app(home) -> AppTest:
+    """The app, run once on its default page (1. Backbone)."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, _exceptions(at)
+    return at
+
+
+def _exceptions(at: AppTest) -> str:
+    return "\n".join(f"{e.message}\n{''.join(e.stack_trace)}" for e in at.exception)
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page).run()
+    assert not at.exception, _exceptions(at)
+    return at
+
+
+def by_label(elements, label: str):
+    """The one element of a list whose label is `label`."""
+    found = [e for e in elements if e.label == label]
+    assert len(found) == 1, f"{len(found)} elements labelled {label!r} among {[e.label for e in elements]}"
+    return found[0]
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def write_png(path: Path, colour: tuple[int, int, int], seed: int, size: int = 16) -> None:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.asarray(colour, dtype=np.int16) + rng.integers(-25, 26, size=(size, size, 3)), 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.astype(np.uint8)).save(path)
+
+
+def image_folder(root: Path, classes: dict[str, int]) -> Path:
+    """``root/<class>/img_XXX.png``, one base colour per class."""
+    for ci, (name, n) in enumerate(classes.items()):
+        for i in range(n):
+            write_png(root / name / f"img_{i:03d}.png", COLOURS[ci], seed=1000 * ci + i)
+    return root
+
+
+# --- every page ------------------------------------------------------------------
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_without_exceptions(app, page):
+    goto(app, page)
+    assert app.title[0].value.startswith(f"{PAGES.index(page) + 1}. ")
+
+
+def test_sidebar_shows_the_choices_and_no_run(app):
+    # AppTest keeps the sidebar of the first page only (after switch_page it comes back empty), so the
+    # shared sidebar is checked here, on the default page; the browser test sees it on every page.
+    md = texts(app.sidebar.markdown)
+    assert any("**Backbone:** `tf_efficientnet_lite0`" in m and "**Data:** not chosen yet" in m for m in md), md
+    assert "No run in progress." in md
+
+
+def test_empty_store_train_and_compare_pages_say_what_to_do_first(app):
+    goto(app, "pages/train.py")
+    assert by_label(app.button, "Start training").disabled
+    assert any("Choose the images in step 3 first" in t for t in texts(app.info))
+    goto(app, "pages/compare.py")
+    assert any("No run has finished" in t for t in texts(app.info))
+
+
+# --- 1. Backbone ---------------------------------------------------------------------
+def test_backbone_default_is_efficientnet_lite0_with_packaged_offline_weights(app):
+    assert app.selectbox[0].value == "tf_efficientnet_lite0"
+    assert by_label(app.metric, "Pretrained weights").value == "offline, packaged"
+    radio = by_label(app.radio, "Starting weights")
+    assert radio.value == "auto"
+    assert app.session_state["weights"] == "auto"
+
+
+def test_backbone_random_initialisation_warns(app):
+    by_label(app.radio, "Starting weights").set_value("none").run()
+    assert not app.exception, _exceptions(app)
+    assert app.session_state["weights"] == "none"
+    assert any("Random initialisation" in t for t in texts(app.warning))
+    assert by_label(app.radio, "Starting weights").value == "none"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pages/backbone.py: st.radio('Starting weights') has no key and its index comes from "
+    "st.session_state['weights'], which the radio itself sets; the widget's identity changes on the run after "
+    "a choice, so the next choice is dropped (every second change of the weights is lost)"))
+def test_backbone_weights_choice_can_be_changed_back(app):
+    by_label(app.radio, "Starting weights").set_value("none").run()
+    assert app.session_state["weights"] == "none"
+    # Back to pretrained weights: the warning goes away.
+    by_label(app.radio, "Starting weights").set_value("auto").run()
+    assert app.session_state["weights"] == "auto"
+    assert not any("Random initialisation" in t for t in texts(app.warning))
+
+
+def test_backbone_search_without_matches_warns(app):
+    by_label(app.text_input, "Search models by name").set_value("no_such_model_xyz").run()
+    assert not app.exception, _exceptions(app)
+    assert any("No timm model name contains 'no_such_model_xyz'" in t for t in texts(app.warning))
+    assert len(app.selectbox) == 0
+    # The choice made so far is kept.
+    assert app.session_state["backbone"] == "tf_efficientnet_lite0"
+
+
+# --- 2. Layers -------------------------------------------------------------------------
+def test_layers_presets_tick_groups_and_change_the_trainable_count(app):
+    goto(app, "pages/layers.py")
+    boxes = list(app.checkbox)
+    head = [c for c in boxes if c.label.startswith("**head**")]
+    body = [c for c in boxes if not c.label.startswith("**head**")]
+    assert len(head) == 1 and head[0].value is True and head[0].disabled
+    assert len(body) >= 3
+    assert all(c.value for c in body) and not any(c.disabled for c in body)
+    assert app.session_state["unfreeze"] == "all"
+    all_trainable = by_label(app.metric, "Trainable parameters").value
+    assert by_label(app.metric, "Frozen parameters").value == "0"
+
+    by_label(app.button, "Head only").click().run()
+    assert not app.exception, _exceptions(app)
+    body = [c for c in app.checkbox if not c.label.startswith("**head**")]
+    assert not any(c.value for c in body)
+    head = [c for c in app.checkbox if c.label.startswith("**head**")]
+    assert head[0].value is True and head[0].disabled
+    assert app.session_state["unfreeze"] == "head"
+    head_trainable = by_label(app.metric, "Trainable parameters").value
+    assert head_trainable != all_trainable
+    assert by_label(app.metric, "Frozen parameters").value != "0"
+
+    # Tick one group by hand: the choice becomes an explicit list of groups.
+    first = body[0]
+    first.check().run()
+    assert not app.exception, _exceptions(app)
+    group_name = first.label.split("`")[1]
+    assert app.session_state["unfreeze"] == f"groups:{group_name}"
+    assert by_label(app.metric, "Trainable parameters").value not in (head_trainable, all_trainable)
+
+    by_label(app.button, "All").click().run()
+    assert not app.exception, _exceptions(app)
+    assert all(c.value for c in app.checkbox)
+    assert app.session_state["unfreeze"] == "all"
+    assert by_label(app.metric, "Trainable parameters").value == all_trainable
+
+    # "Last 2 groups": the two groups nearest the head.
+    by_label(app.button, "Last 2 groups").click().run()
+    body = [c for c in app.checkbox if not c.label.startswith("**head**")]
+    assert [c.value for c in body] == [False] * (len(body) - 2) + [True, True]
+    names = [c.label.split("`")[1] for c in body[-2:]]
+    assert app.session_state["unfreeze"] == "groups:" + ",".join(names)
+
+
+# --- 3. Data ------------------------------------------------------------------------------
+def _choose_folder(at: AppTest, folder: str | Path) -> AppTest:
+    by_label(at.radio, "Images from").set_value("folder").run()
+    assert not at.exception, _exceptions(at)
+    by_label(at.text_input, "Folder path").set_value(str(folder)).run()
+    assert not at.exception, _exceptions(at)
+    return at
+
+
+def test_data_folder_shows_classes_counts_and_unreadable_files(app, tmp_path):
+    root = image_folder(tmp_path / "pets", {"cats": 8, "dogs": 8})
+    empty = root / "cats" / "broken.jpg"
+    empty.write_bytes(b"")
+    text = root / "dogs" / "notes.png"
+    text.write_text("this is not an image\n")
+
+    goto(app, "pages/data.py")
+    _choose_folder(app, root)
+    assert not app.error, texts(app.error)
+    assert any(t.startswith("2 classes, 16 readable images") for t in texts(app.success)), texts(app.success)
+
+    counts = app.dataframe[0].value
+    assert list(counts.index) == ["cats", "dogs"]
+    assert set(counts.columns) == {"training images", "validation images"}
+    assert counts.sum(axis=1).tolist() == [8, 8]
+    assert (counts["validation images"] > 0).all()
+
+    assert any("2 files cannot be used" in t for t in texts(app.warning)), texts(app.warning)
+    skipped = app.dataframe[1].value
+    assert sorted(skipped["path"]) == sorted([str(empty), str(text)])
+    assert set(skipped["action"]) == {"skipped"}
+
+    assert app.session_state["data_dir"] == str(root)
+    assert app.session_state["data_label"] == str(root)
+
+
+def test_data_folder_with_one_class_needs_two(app, tmp_path):
+    root = image_folder(tmp_path / "one", {"cats": 6})
+    goto(app, "pages/data.py")
+    _choose_folder(app, root)
+    errors = texts(app.error)
+    assert len(errors) == 1
+    assert "at least two class folders" in errors[0] and str(root) in errors[0]
+    assert not app.success
+    assert app.session_state["data_dir"] != str(root)
+
+
+def test_data_folder_that_does_not_exist(app, tmp_path):
+    missing = tmp_path / "nowhere"
+    goto(app, "pages/data.py")
+    _choose_folder(app, missing)
+    errors = texts(app.error)
+    assert len(errors) == 1
+    assert str(missing) in errors[0] and "is not a folder" in errors[0]
+    assert not app.success
+    assert app.session_state["data_dir"] != str(missing)
+
+
+def test_data_demo_writes_digits_into_the_store(app, home):
+    goto(app, "pages/data.py")
+    assert by_label(app.radio, "Images from").value == "demo"
+    assert any(t.startswith("10 classes, 1797 readable images") for t in texts(app.success)), texts(app.success)
+    counts = app.dataframe[0].value
+    assert list(counts.index) == [str(d) for d in range(10)]
+    assert int(counts.values.sum()) == 1797
+    digits = home / "datasets" / "digits"
+    assert app.session_state["data_dir"] == str(digits)
+    assert app.session_state["data_label"] == "demo digits"
+    assert sorted(p.name for p in digits.iterdir() if p.is_dir()) == [str(d) for d in range(10)]
+    assert len(list(digits.glob("*/*.png"))) == 1797
+
+
+# --- 4. Train and 5. Compare ------------------------------------------------------------
+def _wait_finished(home: Path, timeout: float = RUN_TIMEOUT):
+    from ftcore.jobs import refresh
+    from ftcore.runs import RunStore
+
+    store = RunStore(home)
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = store.list()
+        assert len(runs) == 1
+        rec = refresh(store, runs[0].run_id)
+        if not rec.active:
+            return rec
+        if time.monotonic() > deadline:
+            pytest.fail(f"run {rec.run_id} still {rec.status} after {timeout} s: {rec.message}")
+        time.sleep(0.5)
+
+
+def test_train_starts_a_worker_and_compare_shows_the_result(home, tmp_path):
+    from ftcore.jobs import cancel_run
+    from ftcore.runs import RunStore
+
+    data = image_folder(tmp_path / "shapes", {"red": 8, "green": 8})
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["data_dir"] = str(data)
+    at.session_state["backbone"] = "test_resnet"
+    at.session_state["weights"] = "none"
+    at.session_state["unfreeze"] = "all"
+    at.session_state["data_label"] = "two colours"
+    at.run()
+    goto(at, "pages/train.py")
+    assert any("`test_resnet`" in m and "two colours" in m for m in texts(at.markdown))
+    by_label(at.number_input, "Epochs").set_value(1)
+    by_label(at.number_input, "Batch size").set_value(4)
+    by_label(at.number_input, "Image size (px)").set_value(32)
+    at.run()
+    assert not at.exception, _exceptions(at)
+    start = by_label(at.button, "Start training")
+    assert not start.disabled
+
+    store = RunStore(home)
+    try:
+        start.click().run()
+        assert not at.exception, _exceptions(at)
+        runs = store.list()
+        assert len(runs) == 1, "Start training recorded no run in the store"
+        run_id = runs[0].run_id
+        cfg = runs[0].config
+        assert (cfg.backbone.name, cfg.backbone.weights, cfg.freeze.unfreeze) == ("test_resnet", "none", "all")
+        assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.img_size) == (1, 4, 32)
+        assert at.query_params["run"] == run_id
+        # The page follows the run it started.
+        assert any(s.value == f"Run {run_id}" for s in at.subheader)
+
+        rec = _wait_finished(home)
+        assert rec.status == "finished", f"{rec.status}: {rec.error}"
+    finally:
+        for r in store.list():
+            cancel_run(store, r.run_id)
+
+    at.run()
+    assert not at.exception, _exceptions(at)
+    assert any(t.startswith("Finished") for t in texts(at.success)), texts(at.success)
+    labels = [m.label for m in at.metric]
+    assert any(lbl.startswith("frozen baseline: validation accuracy") for lbl in labels), labels
+    assert any(lbl.startswith("fine-tuned: validation accuracy") for lbl in labels), labels
+
+    goto(at, "pages/compare.py")
+    assert at.selectbox[0].value == run_id
+    labels = [m.label for m in at.metric]
+    assert "Fine-tuned accuracy" in labels, labels
+    assert any(lbl.startswith("Fine-tuned") and "recall" in lbl for lbl in labels), labels
+    for m in at.metric:
+        assert m.value.endswith("%")
+    assert sum(c.value.startswith("Frozen baseline: ") for c in at.caption) == len(at.metric)
+    assert not at.warning, texts(at.warning)

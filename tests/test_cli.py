@@ -1,0 +1,184 @@
+"""``python -m ftcore train``: headless runs, JSON output, exit status and one-line errors.
+
+The commands run as real subprocesses (cwd = the repository, ``FTCORE_HOME``
+in a temporary folder). They are all started at once by a module fixture, so
+their Python start-up (torch, timm) overlaps; each test then checks one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, _make_image_folder, subprocess_env
+from ftcore import cli
+from ftcore.runs import RunStore
+
+TINY = ["--model", "test_resnet", "--weights", "none", "--img-size", "32", "--epochs", "1", "--batch-size", "4"]
+
+
+def _cases(base: Path) -> dict[str, list[str]]:
+    data = _make_image_folder(base / "data", {"red": 8, "green": 8, "blue": 8})
+    one = _make_image_folder(base / "one_class", {"only": 6})
+    d = ["--data", str(data)]
+    return {
+        "json": ["train", *d, *TINY, "--json"],
+        "no_baseline": ["train", *d, *TINY, "--no-baseline", "--unfreeze", "last:1", "--json"],
+        "unknown_model": ["train", *d, *TINY[2:], "--model", "no_such_model_v9"],
+        "bad_unfreeze": ["train", *d, *TINY, "--unfreeze", "bogus"],
+        "epochs_0": ["train", *d, *TINY, "--epochs", "0"],
+        "lr_negative": ["train", *d, *TINY, "--lr", "-1"],
+        "epochs_text": ["train", *d, *TINY, "--epochs", "abc"],
+        "no_data_arg": ["train", *TINY],
+        "missing_data": ["train", "--data", str(base / "does_not_exist"), *TINY],
+        "one_class": ["train", "--data", str(one), *TINY],
+        "missing_weights": ["train", *d, *TINY, "--weights", str(base / "missing.safetensors")],
+    }
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    home = base / "home"
+    env = subprocess_env(home)
+    procs = {
+        name: subprocess.Popen([PYTHON, "-m", "ftcore", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        for name, args in _cases(base).items()
+    }
+    results = {}
+    try:
+        for name, p in procs.items():
+            out, err = p.communicate(timeout=240)
+            results[name] = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    finally:
+        for p in procs.values():  # only the processes started here
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return home, base, results
+
+
+def _ok_json(cp: subprocess.CompletedProcess) -> dict:
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    last = cp.stdout.strip().splitlines()[-1]
+    return json.loads(last)
+
+
+def _check_model_summary(s: dict) -> None:
+    for key in ("val_accuracy", "val_macro_recall"):
+        assert 0.0 <= s[key] <= 1.0
+    assert s["train_images_per_second"] > 0 and s["seconds"] > 0
+
+
+def test_train_json(cli_runs):
+    home, _, results = cli_runs
+    out = _ok_json(results["json"])
+    assert out["status"] == "finished"
+    for m in ("baseline", "finetuned"):
+        _check_model_summary(out[m])
+    rec = RunStore(home).get(out["run_id"])
+    assert rec.status == "finished"
+    assert rec.config.backbone.name == "test_resnet" and rec.config.train.img_size == 32
+    assert (home / "runs" / out["run_id"] / "finetuned.safetensors").exists()
+    assert f"run {out['run_id']} in {home}" in results["json"].stderr
+    assert "[finetuned] epoch 1/1" in results["json"].stderr  # progress goes to stderr, not stdout
+    assert len(results["json"].stdout.strip().splitlines()) == 1
+
+
+def test_train_no_baseline(cli_runs):
+    home, _, results = cli_runs
+    out = _ok_json(results["no_baseline"])
+    assert "baseline" not in out
+    _check_model_summary(out["finetuned"])
+    rec = RunStore(home).get(out["run_id"])
+    assert rec.config.train.baseline is False and rec.config.freeze.unfreeze == "last:1"
+    assert rec.info["finetuned_trainable_groups"] == ["layer4.0", "head"]
+    assert RunStore(home).epochs(out["run_id"])["model"].tolist() == ["finetuned"]
+
+
+@pytest.mark.parametrize(
+    "case, code, pattern",
+    [
+        ("unknown_model", 2, "'no_such_model_v9' is not a timm model name"),
+        ("bad_unfreeze", 2, "unfreeze preset 'bogus' is not understood; use 'head', 'all' or 'last:N'"),
+        ("epochs_0", 2, r"epochs 0 is not a whole number in [1, 1000]"),
+        ("lr_negative", 2, "learning rate -1.0 is not in (0, 10]"),
+        ("epochs_text", 2, "argument --epochs: invalid int value: 'abc'"),
+        ("no_data_arg", 2, "the following arguments are required: --data"),
+        ("missing_weights", 2, "missing.safetensors does not exist; give an existing file, 'auto' or 'none'"),
+        ("missing_data", 1, "does_not_exist does not exist or is not a folder"),
+        ("one_class", 1, "needs at least two class folders with images; found 1 (only)"),
+    ],
+)
+def test_bad_arguments_one_line_error(cli_runs, case, code, pattern):
+    _, base, results = cli_runs
+    cp = results[case]
+    assert cp.returncode == code, (cp.returncode, cp.stderr[-3000:])
+    assert cp.stdout == ""
+    assert "Traceback" not in cp.stderr
+    lines = cp.stderr.strip().splitlines()
+    errors = [ln for ln in lines if ": error: " in ln]
+    assert len(errors) == 1 and errors[0] == lines[-1], cp.stderr
+    assert errors[0].startswith("python -m ftcore")
+    assert pattern in errors[0], errors[0]
+    if code == 2:
+        assert len(lines) == 1, "argument errors are one line on stderr and nothing else"
+    if case == "missing_data":
+        assert str(base / "does_not_exist") in errors[0]
+
+
+def test_failed_data_run_is_recorded_as_failed(cli_runs):
+    home, _, results = cli_runs
+    first = results["one_class"].stderr.strip().splitlines()[0]
+    assert first.startswith("run ") and f" in {home}" in first
+    run_id = first.split()[1]
+    rec = RunStore(home).get(run_id)
+    assert rec.status == "failed" and "found 1 (only)" in rec.error
+
+
+# -- in-process: text output and exit codes --------------------------------------------------------------
+
+@pytest.fixture
+def no_signal_handlers(monkeypatch):
+    """cli._train installs SIGINT/SIGTERM handlers; keep pytest's own."""
+    monkeypatch.setattr(cli.signal, "signal", lambda sig, handler: None)
+
+
+def test_main_text_output(tmp_path, capsys, no_signal_handlers):
+    data = _make_image_folder(tmp_path / "data", {"a": 6, "b": 6})
+    rc = cli.main(["train", "--data", str(data), *TINY, "--store", str(tmp_path / "store")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["baseline", "finetuned"]
+    assert "val accuracy" in lines[1] and "val macro recall" in lines[1] and "train img/s" in lines[1]
+    runs = RunStore(tmp_path / "store").list()
+    assert len(runs) == 1 and runs[0].status == "finished"
+
+
+def test_main_cancelled_exit_130(tmp_path, capsys, monkeypatch, no_signal_handlers):
+    data = _make_image_folder(tmp_path / "data", {"a": 6, "b": 6})
+    monkeypatch.setattr(RunStore, "cancel_requested", lambda self, run_id: True)
+    rc = cli.main(["train", "--data", str(data), *TINY, "--json", "--store", str(tmp_path / "store")])
+    out, _ = capsys.readouterr()
+    assert rc == 130
+    assert json.loads(out.strip().splitlines()[-1])["status"] == "cancelled"
+
+
+def test_main_bad_val_fraction(capsys, tmp_path):
+    rc = cli.main(["train", "--data", str(tmp_path), "--val-fraction", "1.5"])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    assert err.strip() == ("python -m ftcore train: error: validation fraction 1.5 is outside (0, 1); "
+                           "use e.g. 0.2 to hold out 20% of each class.")
+
+
+def test_parser_requires_a_command(capsys):
+    with pytest.raises(SystemExit) as ei:
+        cli.main([])
+    assert ei.value.code == 2
+    assert "error:" in capsys.readouterr().err
