@@ -279,3 +279,19 @@ def test_packaged_weights_shape_check(tmp_path, monkeypatch):
     torch.save(dict(list(model.state_dict().items())[:-1]), p)
     with pytest.raises(WeightsError, match=r"hold \d+ tensors but test_resnet has \d+"):
         backbones._load_packaged(model, "test_resnet", str(p))
+
+
+def test_check_weights_file(tmp_path):
+    from ftcore.backbones import check_weights_file
+
+    p = tmp_path / "ok.safetensors"
+    save_file({k: v.contiguous() for k, v in _resnet(5).state_dict().items()}, str(p))
+    assert check_weights_file("test_resnet", p) == len(timm.create_model("test_resnet").state_dict())
+    other = tmp_path / "vit.pth"
+    torch.save(timm.create_model("test_vit", pretrained=False).state_dict(), other)
+    with pytest.raises(WeightsError, match=r"vit\.pth does not fit 'test_resnet'.*missing keys"):
+        check_weights_file("test_resnet", other)
+    with pytest.raises(WeightsError, match="does not exist"):
+        check_weights_file("test_resnet", tmp_path / "nope.pth")
+    with pytest.raises(BackboneError, match="'nonexistent_net' is not a timm model name"):
+        check_weights_file("nonexistent_net", p)

@@ -1,8 +1,10 @@
 """``python -m ftcore train``: headless runs, JSON output, exit status and one-line errors.
 
-The commands run as real subprocesses (cwd = the repository, ``FTCORE_HOME``
-in a temporary folder). They are all started at once by a module fixture, so
-their Python start-up (torch, timm) overlaps; each test then checks one.
+The happy paths and most argument errors run as real subprocesses (cwd = the
+repository, ``FTCORE_HOME`` in a temporary folder), all started at once by a
+module fixture so that their Python start-up (torch, timm) overlaps; each test
+then checks one. Every argument error is also checked in-process with
+``cli.main`` (fast).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def _cases(base: Path) -> dict[str, list[str]]:
     d = ["--data", str(data)]
     return {
         "json": ["train", *d, *TINY, "--json"],
-        "no_baseline": ["train", *d, *TINY, "--no-baseline", "--unfreeze", "last:1", "--json"],
+        "no_baseline": ["train", *d, *TINY, "--no-baseline", "--unfreeze", "last:1", "--update-bn",
+                        "--backbone-lr-scale", "0.5", "--json"],
         "unknown_model": ["train", *d, *TINY[2:], "--model", "no_such_model_v9"],
         "bad_unfreeze": ["train", *d, *TINY, "--unfreeze", "bogus"],
         "epochs_0": ["train", *d, *TINY, "--epochs", "0"],
@@ -48,6 +51,7 @@ def cli_runs(tmp_path_factory):
         name: subprocess.Popen([PYTHON, "-m", "ftcore", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
         for name, args in _cases(base).items()
+        if name in SUBPROCESS_CASES
     }
     results = {}
     try:
@@ -83,6 +87,7 @@ def test_train_json(cli_runs):
     rec = RunStore(home).get(out["run_id"])
     assert rec.status == "finished"
     assert rec.config.backbone.name == "test_resnet" and rec.config.train.img_size == 32
+    assert rec.config.train.update_bn is False and rec.config.train.backbone_lr_scale == 0.1
     assert (home / "runs" / out["run_id"] / "finetuned.safetensors").exists()
     assert f"run {out['run_id']} in {home}" in results["json"].stderr
     assert "[finetuned] epoch 1/1" in results["json"].stderr  # progress goes to stderr, not stdout
@@ -96,39 +101,60 @@ def test_train_no_baseline(cli_runs):
     _check_model_summary(out["finetuned"])
     rec = RunStore(home).get(out["run_id"])
     assert rec.config.train.baseline is False and rec.config.freeze.unfreeze == "last:1"
+    assert rec.config.train.update_bn is True and rec.config.train.backbone_lr_scale == 0.5
     assert rec.info["finetuned_trainable_groups"] == ["layer4.0", "head"]
     assert RunStore(home).epochs(out["run_id"])["model"].tolist() == ["finetuned"]
 
 
-@pytest.mark.parametrize(
-    "case, code, pattern",
-    [
-        ("unknown_model", 2, "'no_such_model_v9' is not a timm model name"),
-        ("bad_unfreeze", 2, "unfreeze preset 'bogus' is not understood; use 'head', 'all' or 'last:N'"),
-        ("epochs_0", 2, r"epochs 0 is not a whole number in [1, 1000]"),
-        ("lr_negative", 2, "learning rate -1.0 is not in (0, 10]"),
-        ("epochs_text", 2, "argument --epochs: invalid int value: 'abc'"),
-        ("no_data_arg", 2, "the following arguments are required: --data"),
-        ("missing_weights", 2, "missing.safetensors does not exist; give an existing file, 'auto' or 'none'"),
-        ("missing_data", 1, "does_not_exist does not exist or is not a folder"),
-        ("one_class", 1, "needs at least two class folders with images; found 1 (only)"),
-    ],
-)
-def test_bad_arguments_one_line_error(cli_runs, case, code, pattern):
-    _, base, results = cli_runs
-    cp = results[case]
-    assert cp.returncode == code, (cp.returncode, cp.stderr[-3000:])
-    assert cp.stdout == ""
-    assert "Traceback" not in cp.stderr
-    lines = cp.stderr.strip().splitlines()
+BAD_ARGUMENTS = [
+    # (case, exit status, text the one-line error must contain)
+    ("unknown_model", 2, "'no_such_model_v9' is not a timm model name"),
+    ("bad_unfreeze", 2, "unfreeze preset 'bogus' is not understood; use 'head', 'all' or 'last:N'"),
+    ("epochs_0", 2, "epochs 0 is not a whole number in [1, 1000]"),
+    ("lr_negative", 2, "learning rate -1.0 is not in (0, 10]"),
+    ("epochs_text", 2, "argument --epochs: invalid int value: 'abc'"),
+    ("no_data_arg", 2, "the following arguments are required: --data"),
+    ("missing_weights", 2, "missing.safetensors does not exist; give an existing file, 'auto' or 'none'"),
+    ("missing_data", 1, "does_not_exist does not exist or is not a folder"),
+    ("one_class", 1, "needs at least two class folders with images; found 1 (only)"),
+]
+#: Cases also run as real subprocesses (the others only in-process, to keep the suite fast).
+SUBPROCESS_CASES = {"json", "no_baseline", "unknown_model", "bad_unfreeze", "epochs_0", "lr_negative",
+                    "epochs_text", "one_class"}
+
+
+def _check_one_line_error(rc: int, out: str, err: str, code: int, pattern: str) -> str:
+    assert rc == code, (rc, err[-3000:])
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
     errors = [ln for ln in lines if ": error: " in ln]
-    assert len(errors) == 1 and errors[0] == lines[-1], cp.stderr
+    assert len(errors) == 1 and errors[0] == lines[-1], err
     assert errors[0].startswith("python -m ftcore")
     assert pattern in errors[0], errors[0]
     if code == 2:
         assert len(lines) == 1, "argument errors are one line on stderr and nothing else"
-    if case == "missing_data":
-        assert str(base / "does_not_exist") in errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("case, code, pattern", [c for c in BAD_ARGUMENTS if c[0] in SUBPROCESS_CASES])
+def test_bad_arguments_subprocess(cli_runs, case, code, pattern):
+    _, _, results = cli_runs
+    cp = results[case]
+    _check_one_line_error(cp.returncode, cp.stdout, cp.stderr, code, pattern)
+
+
+@pytest.mark.parametrize("case, code, pattern", BAD_ARGUMENTS)
+def test_bad_arguments_in_process(tmp_path, capsys, no_signal_handlers, case, code, pattern):
+    args = _cases(tmp_path)[case]
+    try:
+        rc = cli.main(args)
+    except SystemExit as e:  # argparse errors exit from the parser
+        rc = e.code
+    out, err = capsys.readouterr()
+    line = _check_one_line_error(rc, out, err, code, pattern)
+    if case in ("missing_data", "missing_weights"):
+        assert str(tmp_path) in line, "the error names the path"
 
 
 def test_failed_data_run_is_recorded_as_failed(cli_runs):

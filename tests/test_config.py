@@ -89,6 +89,8 @@ def test_data_config_validation():
         ({"lr": float("inf")}, r"learning rate inf"),
         ({"lr": "fast"}, r"learning rate 'fast'"),
         ({"weight_decay": -0.1}, r"weight decay -0.1 is not in \[0, 1\)"),
+        ({"backbone_lr_scale": 0}, r"backbone learning-rate scale 0 is not in \(0, 1\]"),
+        ({"backbone_lr_scale": 1.5}, r"backbone learning-rate scale 1.5 is not in \(0, 1\]"),
         ({"weight_decay": 1.0}, r"weight decay 1.0 is not in \[0, 1\)"),
     ],
 )
@@ -97,8 +99,15 @@ def test_train_config_rejects_out_of_range(kwargs, pattern):
         TrainConfig(**kwargs)
 
 
+def test_train_config_defaults():
+    t = TrainConfig()
+    assert (t.epochs, t.batch_size, t.lr, t.backbone_lr_scale, t.update_bn, t.baseline) == (3, 32, 1e-3, 0.1, False,
+                                                                                            True)
+
+
 def test_train_config_accepts_edges():
-    t = TrainConfig(epochs=1, batch_size=1, lr=10.0, img_size=16, seed=2**32 - 1, weight_decay=0.0)
+    t = TrainConfig(epochs=1, batch_size=1, lr=10.0, img_size=16, seed=2**32 - 1, weight_decay=0.0,
+                    backbone_lr_scale=1.0)
     assert (t.epochs, t.batch_size, t.lr, t.img_size) == (1, 1, 10.0, 16)
     assert TrainConfig(img_size=None).img_size is None
 
@@ -123,7 +132,8 @@ def _cfg() -> RunConfig:
         backbone=BackboneConfig("test_resnet", "none"),
         freeze=FreezeConfig("last:2"),
         data=DataConfig("/data/x", "/data/v", 0.3),
-        train=TrainConfig(epochs=2, batch_size=8, lr=0.01, img_size=32, baseline=False, seed=7),
+        train=TrainConfig(epochs=2, batch_size=8, lr=0.01, backbone_lr_scale=0.5, img_size=32, update_bn=True,
+                          baseline=False, seed=7),
     )
 
 

@@ -156,6 +156,28 @@ def test_decode_exif_rotation_upright(tmp_path):
     assert bottom[2] > 200 and bottom[0] < 60
 
 
+@pytest.mark.parametrize("mode, colour, expected", [("RGB", (200, 10, 10), (200, 10, 10)), ("L", 120, (120, 120, 120)),
+                                                     ("CMYK", (0, 255, 255, 0), (255, 0, 0))])
+def test_decode_large_jpeg_downscaled(tmp_path, mode, colour, expected):
+    p = tmp_path / f"{mode}.jpg"
+    Image.new(mode, (400, 300), colour).save(p, quality=95)
+    a = decode_image(p, max_short_side=30)
+    assert a.shape[0] == 30 and abs(a.shape[1] - 40) <= 1 and a.shape[2] == 3
+    assert np.abs(a[5, 5].astype(int) - expected).max() <= 3
+
+
+def test_decode_large_rotated_jpeg_downscaled(tmp_path):
+    im = Image.new("RGB", (400, 300), (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, 200, 300))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = tmp_path / "rot.jpg"
+    im.save(p, exif=exif.tobytes(), quality=95)
+    a = decode_image(p, max_short_side=30)
+    assert a.shape[1] == 30 and abs(a.shape[0] - 40) <= 1
+    assert a[2, 15, 0] > 200 and a[-3, 15, 2] > 200
+
+
 @pytest.mark.parametrize("kind", ["empty_jpg", "text_png", "truncated_png"])
 def test_decode_unreadable_names_file(tmp_path, kind):
     p = _write_bad(tmp_path, kind)
@@ -388,3 +410,22 @@ def test_write_demo_dataset(tmp_path):
     scan = scan_folder(dest)
     assert scan.class_names == [str(d) for d in range(10)] and len(scan.files) == 1797
     assert scan.problems and all(p.kind == "ignored" for p in scan.problems)  # the .complete marker
+
+
+def test_inspect_dataset_reports_the_runs_split(make_image_folder):
+    from ftcore.data import inspect_dataset
+
+    root = make_image_folder(classes={"a": 10, "b": 6})
+    (root / "a" / "broken.png").write_text("not a png")
+    cfg = DataConfig(str(root), None, 0.25)
+    report = inspect_dataset(cfg, seed=3, n_samples=2)
+    split = prepare_split(cfg, seed=3)
+    assert report.layout == "class_folders" and report.class_names == ["a", "b"]
+    assert report.counts == split.counts() == {"train": {"a": 7, "b": 5}, "val": {"a": 3, "b": 1}}
+    assert report.n_images == 16
+    assert [len(v) for v in report.samples.values()] == [2, 2]
+    for cls, files in report.samples.items():
+        assert all(f in split.train_files and Path(f).parent.name == cls for f in files)
+    assert [Path(p.path).name for p in report.problems if p.kind == "unreadable"] == ["broken.png"]
+    with pytest.raises(DatasetError, match="needs at least two class folders with images; found none"):
+        inspect_dataset(DataConfig(str(root / "a")))  # images but no class sub-folders

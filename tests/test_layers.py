@@ -204,14 +204,15 @@ def test_apply_freeze_nothing_trainable_raises():
 
 # -- BatchNorm train mode ------------------------------------------------------------
 
+@pytest.mark.parametrize("update_bn", [False, True])
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet"])
-def test_set_train_mode_keeps_frozen_batchnorm_in_eval(name):
+def test_set_train_mode_keeps_frozen_batchnorm_in_eval(name, update_bn):
     model = _model(name)
     groups = layer_groups(model)
     trainable = trainable_group_names(groups, "last:1")
     apply_freeze(model, groups, trainable)
     learn = {n for g in groups if g.name in trainable for n in g.param_names}
-    set_train_mode(model)
+    set_train_mode(model, update_bn)
     frozen = {id(m) for m in frozen_batchnorm_modules(model)}
     n_bn = 0
     for mname, m in model.named_modules():
@@ -219,9 +220,12 @@ def test_set_train_mode_keeps_frozen_batchnorm_in_eval(name):
             n_bn += 1
             is_frozen = not any(f"{mname}.{pn}" in learn for pn, _ in m.named_parameters())
             assert (id(m) in frozen) == is_frozen, mname
-            assert m.training == (not is_frozen), mname
+            # frozen BatchNorm is always in eval mode; unfrozen BatchNorm only updates with update_bn
+            assert m.training == (update_bn and not is_frozen), mname
     assert 0 < len(frozen) < n_bn
     assert model.training
+    assert model.get_classifier().training, "non-BatchNorm layers are in training mode"
+    assert set_train_mode.__defaults__ == (False,), "BatchNorm statistics are kept by default"
 
 
 def test_frozen_batchnorm_without_affine_follows_parent():
@@ -241,5 +245,8 @@ def test_frozen_batchnorm_without_affine_follows_parent():
     for p in net.a.parameters():
         p.requires_grad_(False)
     assert frozen_batchnorm_modules(net) == [net.a.bn]
-    set_train_mode(net)
+    set_train_mode(net, update_bn=True)
     assert not net.a.bn.training and net.b.bn.training
+    set_train_mode(net)
+    assert not net.a.bn.training and not net.b.bn.training and net.b.conv.training
+

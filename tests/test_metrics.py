@@ -108,3 +108,53 @@ def test_compare_per_class():
     df0 = compare_per_class(None, ft, ["ant", "bee", "cat"])
     assert isinstance(df0, pd.DataFrame) and df0["F1 baseline"].isna().all()
     np.testing.assert_allclose(df0["F1 fine-tuned"], [0.5, 0.8, 2 / 3])
+
+
+def _store_with_predictions(tmp_path, baseline=True):
+    from ftcore.config import DataConfig, RunConfig
+    from ftcore.runs import RunStore
+
+    store = RunStore(tmp_path / "store")
+    run_id = store.create_run(RunConfig(data=DataConfig("/d")))
+    store.merge_info(run_id, class_names=["ant", "bee", "cat"])
+    files = [f"/d/{i}.png" for i in range(6)]
+    probs = np.full((6, 3), 1 / 3, dtype=np.float32)
+    store.save_predictions(run_id, "finetuned", np.array(Y_TRUE), np.array(Y_PRED), probs, files)
+    if baseline:
+        store.save_predictions(run_id, "baseline", np.array(Y_TRUE), np.array([0, 0, 1, 0, 2, 2]), probs, files)
+    return store, run_id
+
+
+def test_compare_run(tmp_path):
+    from ftcore.metrics import compare_run
+
+    store, run_id = _store_with_predictions(tmp_path)
+    cmp = compare_run(store, run_id)
+    assert cmp.class_names == ["ant", "bee", "cat"]
+    assert cmp.finetuned.accuracy == pytest.approx(4 / 6) and cmp.baseline.accuracy == pytest.approx(5 / 6)
+    assert cmp.overall.loc["accuracy", "change"] == pytest.approx(-1 / 6)
+    # baseline [0,0,1,0,2,2] vs fine-tuned [0,1,1,1,0,2]: images 1, 3, 4 flipped
+    f = cmp.flipped
+    assert f["file"].tolist() == ["/d/1.png", "/d/3.png", "/d/4.png"]
+    assert f["true"].tolist() == ["ant", "bee", "cat"]
+    assert f["baseline"].tolist() == ["ant", "ant", "cat"]
+    assert f["fine-tuned"].tolist() == ["bee", "bee", "ant"]
+    assert f["fixed"].tolist() == [False, True, False]
+    assert cmp.per_class["recall change"].tolist() == pytest.approx([-0.5, 0.5, -0.5])
+
+
+def test_compare_run_without_baseline_and_without_predictions(tmp_path):
+    from ftcore.errors import RunStoreError
+    from ftcore.metrics import compare_run
+
+    store, run_id = _store_with_predictions(tmp_path, baseline=False)
+    cmp = compare_run(store, run_id)
+    assert cmp.baseline is None and cmp.flipped.empty and cmp.overall["baseline"].isna().all()
+    from ftcore.config import DataConfig, RunConfig
+
+    empty = store.create_run(RunConfig(data=DataConfig("/d")))
+    with pytest.raises(RunStoreError, match=rf"run {empty} has no fine-tuned validation predictions yet "
+                                            r"\(status: queued\)"):
+        compare_run(store, empty)
+    with pytest.raises(RunStoreError, match="is not in the store"):
+        compare_run(store, "nope")

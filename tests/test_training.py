@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -52,6 +53,7 @@ FREEZE_CASES = [
 
 @pytest.mark.parametrize("name, unfreeze", FREEZE_CASES)
 def test_fit_keeps_frozen_groups_bit_identical(name, unfreeze, monkeypatch):
+    """With update_bn=True (the harder case) unfrozen BatchNorm moves, frozen BatchNorm must not."""
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=3)
     groups = layer_groups(model)
@@ -70,25 +72,33 @@ def test_fit_keeps_frozen_groups_bit_identical(name, unfreeze, monkeypatch):
             pnames = [f"{mname}.{p}" for p, _ in m.named_parameters()]
             (bn_trainable if any(p in learn for p in pnames) else bn_frozen).append(mname)
 
-    seen_params = []
+    seen_groups = []
     real_adamw = torch.optim.AdamW
 
     def spy_adamw(ps, *a, **kw):
         ps = list(ps)
-        for g in ps:
-            seen_params.extend(g["params"] if isinstance(g, dict) else [g])
+        for g in ps:  # copy now: the scheduler changes the optimizer's lr in place later
+            g = g if isinstance(g, dict) else {"params": [g]}
+            seen_groups.append({"params": list(g["params"]), "lr": g.get("lr", kw["lr"])})
         return real_adamw(ps, *a, **kw)
 
     monkeypatch.setattr(torch.optim, "AdamW", spy_adamw)
     tl, vl = _tensor_loaders()
-    tc = TrainConfig(epochs=2, batch_size=4, lr=0.05, weight_decay=0.01)
+    tc = TrainConfig(epochs=2, batch_size=4, lr=0.05, backbone_lr_scale=0.2, weight_decay=0.01, update_bn=True)
     res = fit(model, tl, vl, tc, "finetuned", CPU)
     n_steps = 2 * len(tl)
     assert len(res.history) == 2 and not res.cancelled
 
-    # the optimizer saw exactly the trainable parameters, each once
+    # the optimizer saw exactly the trainable parameters, each once: the head at lr, the backbone at
+    # lr * backbone_lr_scale
+    seen_params = [p for g in seen_groups for p in g["params"]]
     assert len(seen_params) == len(learn)
     assert {id(p) for p in seen_params} == {id(params[n]) for n in learn}
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    lrs = {frozenset(id(p) for p in g["params"]): g["lr"] for g in seen_groups if g["params"]}
+    for ids, lr in lrs.items():
+        assert lr == pytest.approx(0.05 if ids <= head_ids else 0.05 * 0.2)
+        assert ids <= head_ids or not ids & head_ids, "head and backbone in separate parameter groups"
 
     after = model.state_dict()
     for n in frozen_names:
@@ -110,6 +120,30 @@ def test_fit_keeps_frozen_groups_bit_identical(name, unfreeze, monkeypatch):
             assert all(params[n].grad is not None for n in g.param_names)
     clf_w = next(n for n in groups[-1].param_names if n.endswith("weight"))
     assert not torch.equal(after[clf_w], before[clf_w])
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet"])
+def test_fit_keeps_all_batchnorm_statistics_by_default(name):
+    """update_bn=False (default): no BatchNorm statistics move, unfrozen BatchNorm affine weights still learn."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=3)
+    groups = layer_groups(model)
+    trainable = trainable_group_names(groups, "last:2")
+    apply_freeze(model, groups, trainable)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    tl, vl = _tensor_loaders()
+    fit(model, tl, vl, TrainConfig(epochs=1, batch_size=4, lr=0.05, backbone_lr_scale=1.0), "finetuned", CPU)
+    after = model.state_dict()
+    learn = {n for g in groups if g.name in trainable for n in g.param_names}
+    n_bn_learning = 0
+    for mname, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for b in BN_BUFFERS:
+                assert torch.equal(after[f"{mname}.{b}"], before[f"{mname}.{b}"]), f"{mname}.{b} moved"
+            if f"{mname}.weight" in learn:
+                n_bn_learning += 1
+                assert not torch.equal(after[f"{mname}.weight"], before[f"{mname}.weight"])
+    assert n_bn_learning > 0
 
 
 # -- fit: events, schedule, cancel, errors -----------------------------------------------------
@@ -296,7 +330,9 @@ def test_experiment_saves_finetuned_weights_with_frozen_groups_untouched(finishe
     assert n_checked > 50
     assert not torch.equal(sd["fc.weight"], init_sd["fc.weight"])
     assert not torch.equal(sd["layer4.0.conv1.weight"], init_sd["layer4.0.conv1.weight"])
-    assert int(sd["layer4.0.bn1.num_batches_tracked"]) == 10
+    # BatchNorm statistics are kept by default (update_bn=False), in unfrozen groups too
+    assert int(sd["layer4.0.bn1.num_batches_tracked"]) == 0
+    assert torch.equal(sd["layer4.0.bn1.running_mean"], init_sd["layer4.0.bn1.running_mean"])
 
 
 def test_experiment_cancel_immediately(make_image_folder, store):
@@ -337,9 +373,10 @@ def test_experiment_cancel_during_finetuning_keeps_baseline(make_image_folder, s
 
 def test_experiment_last_batch_of_one_is_dropped(make_image_folder, store):
     # 16 images, 4 for validation, 12 for training; batch size 11 leaves a batch of one, which
-    # would fail in BatchNorm at 32 px (1x1 feature maps in layer4)
+    # fails in training-mode BatchNorm at 32 px (1x1 feature maps in layer4), hence update_bn=True
     data = make_image_folder(classes={"a": 8, "b": 8})
     cfg = tiny_run_config(data, batch_size=11, epochs=2)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, update_bn=True))
     run_id = store.create_run(cfg)
     summary = run_experiment(cfg, store, run_id)
     assert summary["status"] == "finished"
