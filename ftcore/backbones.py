@@ -318,7 +318,9 @@ def _load_packaged(model: nn.Module, name: str, path: str) -> None:
     model.load_state_dict(mapped, strict=True)
 
 
-def build_model(name: str, num_classes: int | None, weights: str = "auto") -> tuple[nn.Module, WeightsSource]:
+def build_model(
+    name: str, num_classes: int | None, weights: str = "auto", img_size: int | None = None,
+) -> tuple[nn.Module, WeightsSource]:
     """Build a timm backbone with a new head of `num_classes` outputs.
 
     Parameters
@@ -331,6 +333,11 @@ def build_model(name: str, num_classes: int | None, weights: str = "auto") -> tu
     weights : str, default "auto"
         ``"auto"`` (see module docstring), ``"none"`` (random
         initialisation) or a weights file path.
+    img_size : int or None, default None
+        Input size in pixels the model will see. Only models with a fixed
+        input size (``pretrained_cfg["fixed_input_size"]``, e.g. ViTs) are
+        built for it (timm resamples their position embeddings); others take
+        any size as they are.
 
     Returns
     -------
@@ -347,8 +354,18 @@ def build_model(name: str, num_classes: int | None, weights: str = "auto") -> tu
     WeightsError
         If no pretrained weights can be had with ``"auto"`` (the user must
         choose ``"none"`` explicitly), a download fails, or a file does not fit.
+    ConfigError
+        If the model has a fixed input size and cannot be built for `img_size`.
     """
+    from .errors import ConfigError
+
     src = resolve_weights(name, weights)
+    size_kw: dict = {}
+    cfg = timm.models.get_pretrained_cfg(name)
+    if img_size is not None and cfg is not None and getattr(cfg, "fixed_input_size", False):
+        default = tuple(cfg.input_size)[-1]
+        if img_size != default:
+            size_kw["img_size"] = img_size
     if src.kind == "none":
         raise WeightsError(
             f"no pretrained weights are known for '{name}'. Choose random initialisation explicitly "
@@ -358,7 +375,7 @@ def build_model(name: str, num_classes: int | None, weights: str = "auto") -> tu
         if src.kind in ("hf_cache", "download"):
             try:
                 kw = {} if num_classes is None else {"num_classes": num_classes}
-                model = timm.create_model(name, pretrained=True, **kw)
+                model = timm.create_model(name, pretrained=True, **kw, **size_kw)
             except Exception as e:
                 raise WeightsError(
                     f"could not get pretrained weights for '{name}' from {src.location}: {e}. "
@@ -366,21 +383,28 @@ def build_model(name: str, num_classes: int | None, weights: str = "auto") -> tu
                     "file, or choose random initialisation explicitly."
                 ) from e
         elif src.kind == "packaged":
-            model = timm.create_model(name, pretrained=False)
+            model = timm.create_model(name, pretrained=False, **size_kw)
             _load_packaged(model, name, src.location)
             if num_classes is not None:
                 model.reset_classifier(num_classes)
         else:
             kw = {} if num_classes is None else {"num_classes": num_classes}
-            model = timm.create_model(name, pretrained=False, **kw)
+            model = timm.create_model(name, pretrained=False, **kw, **size_kw)
             if src.kind == "file":
                 load_weights_file(model, src.location)
     except (WeightsError, BackboneError):
         raise
+    except TypeError as e:
+        if size_kw:
+            raise ConfigError(
+                f"'{name}' takes a fixed input size of {tuple(cfg.input_size)[-1]} px and cannot be built for "
+                f"{img_size} px; set the image size to {tuple(cfg.input_size)[-1]}."
+            ) from e
+        raise BackboneError(f"timm cannot build '{name}' with {num_classes} classes: {e}") from e
     except Exception as e:
         raise BackboneError(f"timm cannot build '{name}' with {num_classes} classes: {e}") from e
     model.eval()
-    log.info("built %s with %d classes from %s", name, num_classes, src.describe())
+    log.info("built %s with %s classes from %s", name, num_classes, src.describe())
     return model, src
 
 

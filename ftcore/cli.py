@@ -14,7 +14,7 @@ import sys
 import time
 
 from .config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
-from .errors import FtcoreError
+from .errors import DatasetError, FtcoreError
 
 __all__ = ["main", "build_parser"]
 
@@ -93,8 +93,13 @@ def _train(args: argparse.Namespace) -> int:
                               baseline=not args.no_baseline, seed=args.seed, num_workers=args.workers),
         )
         from .backbones import resolve_weights
+        from .data import scan_layout
 
         resolve_weights(cfg.backbone.name, cfg.backbone.weights)
+        scan_layout(cfg.data)
+    except DatasetError as e:
+        print(f"python -m ftcore train: error: {e}", file=sys.stderr)
+        return 1
     except FtcoreError as e:
         print(f"python -m ftcore train: error: {e}", file=sys.stderr)
         return 2
@@ -130,6 +135,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    stop = {"stop": False}
+    if argv[:1] == ["worker"]:
+        # Before the heavy imports: a cancel that comes while torch loads must not kill the worker.
+        def on_term(signum, frame):  # noqa: ARG001
+            stop["stop"] = True
+
+        signal.signal(signal.SIGTERM, on_term)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "train":
@@ -139,5 +152,5 @@ def main(argv: list[str] | None = None) -> int:
         from .runs import RunStore
 
         logging.getLogger("ftcore").setLevel(logging.INFO)
-        return run_worker(RunStore(args.store), args.run_id)
+        return run_worker(RunStore(args.store), args.run_id, stop)
     return 2

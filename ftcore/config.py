@@ -140,7 +140,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not str(self.train_dir).strip():
             raise ConfigError("no data folder given; pass the folder that holds one sub-folder per class.")
-        if not (0.0 < float(self.val_fraction) < 1.0):
+        if not (0.0 < _as_float(self.val_fraction) < 1.0):
             raise ConfigError(
                 f"validation fraction {self.val_fraction!r} is outside (0, 1); use e.g. 0.2 to hold out 20% of each class."
             )
@@ -198,19 +198,25 @@ class TrainConfig:
         _check_int("data-loader workers", self.num_workers, 0, 64)
         if self.img_size is not None:
             _check_int("image size", self.img_size, 16, 1024)
-        try:
-            lr = float(self.lr)
-        except (TypeError, ValueError):
-            lr = float("nan")
-        if not (0.0 < lr <= 10.0):
+        if not (0.0 < _as_float(self.lr) <= 10.0):
             raise ConfigError(f"learning rate {self.lr!r} is not in (0, 10]; a usual value is 1e-3 (AdamW).")
-        if not (0.0 < float(self.backbone_lr_scale) <= 1.0):
+        if not (0.0 < _as_float(self.backbone_lr_scale) <= 1.0):
             raise ConfigError(
                 f"backbone learning-rate scale {self.backbone_lr_scale!r} is not in (0, 1]; 0.1 is usual, 1 gives "
                 "the backbone the head's rate."
             )
-        if not (0.0 <= float(self.weight_decay) < 1.0):
+        if not (0.0 <= _as_float(self.weight_decay) < 1.0):
             raise ConfigError(f"weight decay {self.weight_decay!r} is not in [0, 1); a usual value is 0.01.")
+
+
+def _as_float(value: Any) -> float:
+    """The value as a float, NaN (which fails every range check) when it is not a number."""
+    if isinstance(value, bool):
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _check_int(what: str, value: Any, lo: int, hi: int) -> None:

@@ -38,6 +38,8 @@ __all__ = [
     "scan_folder",
     "decode_image",
     "prepare_split",
+    "scan_layout",
+    "stratified_split",
     "ArrayImageDataset",
     "build_transforms",
     "write_demo_dataset",
@@ -317,7 +319,7 @@ def prepare_split(
     data : DataConfig
         Folders and validation fraction.
     seed : int, default 0
-        Seed of the stratified split (scikit-learn's ``train_test_split``).
+        Seed of the stratified split (:func:`stratified_split`).
     short_side : int or None, default None
         Decoded images are downscaled to this shorter side in pixels (never
         upscaled); None keeps full size.
@@ -335,18 +337,9 @@ def prepare_split(
         to appear in both splits, or class sets that differ between folders.
     """
     root = Path(data.train_dir).expanduser()
-    problems: list[Problem] = []
-    if data.val_dir:
-        train_scan, val_scan, layout = scan_folder(root), scan_folder(data.val_dir), "separate_val"
-    elif (dirs := _find_split_dirs(root)) is not None:
-        train_scan, val_scan, layout = scan_folder(dirs[0]), scan_folder(dirs[1]), "train_val"
-    else:
-        train_scan, val_scan, layout = scan_folder(root), None, "class_folders"
-    problems += train_scan.problems
+    train_scan, val_scan, layout = scan_layout(data)
+    problems: list[Problem] = list(train_scan.problems) + (list(val_scan.problems) if val_scan else [])
     total = len(train_scan.files) + (len(val_scan.files) if val_scan else 0)
-    if val_scan is not None:
-        problems += val_scan.problems
-        _align_classes(train_scan, val_scan)
     names = train_scan.class_names
     tr_img, tr_y, tr_f = _decode_all(train_scan.files, train_scan.labels, short_side, problems, progress, 0, total)
     if val_scan is not None:
@@ -358,18 +351,7 @@ def prepare_split(
             log.warning("classes %s have no validation images", missing)
     else:
         _check_counts(names, tr_y, "readable", str(root), 2)
-        from sklearn.model_selection import train_test_split
-
-        idx = np.arange(len(tr_y))
-        n_val = math.ceil(data.val_fraction * len(idx))
-        if n_val < len(names) or len(idx) - n_val < len(names):
-            raise DatasetError(
-                f"{root}: {len(idx)} readable images cannot be split with validation fraction {data.val_fraction} "
-                f"so that each of the {len(names)} classes appears in both splits; use a validation fraction "
-                f"between {len(names) / len(idx):.2f} and {1 - len(names) / len(idx):.2f}, or add images."
-            )
-        tr_idx, va_idx = train_test_split(idx, test_size=n_val, stratify=tr_y, random_state=seed)
-        tr_idx, va_idx = np.sort(tr_idx), np.sort(va_idx)
+        tr_idx, va_idx = stratified_split(np.asarray(tr_y), data.val_fraction, seed)
         va_img = [tr_img[i] for i in va_idx]
         va_y = [tr_y[i] for i in va_idx]
         va_f = [tr_f[i] for i in va_idx]
@@ -380,6 +362,71 @@ def prepare_split(
         raise DatasetError(f"no readable validation images were found for {root}; add images to the validation folder.")
     return DatasetSplit(names, layout, tr_img, np.asarray(tr_y, dtype=np.int64), tr_f,
                         va_img, np.asarray(va_y, dtype=np.int64), va_f, problems)
+
+
+def scan_layout(data: DataConfig) -> tuple[ImageFolderScan, ImageFolderScan | None, str]:
+    """Find the layout and list the files of a run's data, without decoding.
+
+    Cheap enough to call before a run starts, to refuse unusable folders early.
+
+    Returns
+    -------
+    train_scan : ImageFolderScan
+    val_scan : ImageFolderScan or None
+        None for the ``class_folders`` layout (split later); its labels use
+        the training folder's class indices.
+    layout : str
+        ``"class_folders"``, ``"train_val"`` or ``"separate_val"``.
+
+    Raises
+    ------
+    DatasetError
+        As :func:`scan_folder`, or when the validation folder has classes the
+        training folder lacks.
+    """
+    root = Path(data.train_dir).expanduser()
+    if data.val_dir:
+        train_scan, val_scan, layout = scan_folder(root), scan_folder(data.val_dir), "separate_val"
+    elif (dirs := _find_split_dirs(root)) is not None:
+        train_scan, val_scan, layout = scan_folder(dirs[0]), scan_folder(dirs[1]), "train_val"
+    else:
+        train_scan, val_scan, layout = scan_folder(root), None, "class_folders"
+    if val_scan is not None:
+        _align_classes(train_scan, val_scan)
+    return train_scan, val_scan, layout
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split in which every class appears in both parts.
+
+    Each class with ``n`` images gets ``floor(val_fraction * n + 0.5)``
+    validation images (rounded half up), clamped to ``[1, n - 1]``, chosen by a seeded permutation
+    (``numpy.random.default_rng(seed)``). Unlike scikit-learn's
+    ``train_test_split(stratify=...)``, which rounds over the whole set, a
+    small class never ends up with no validation image.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray of int, shape (n_images,)
+        Every class must have at least two images.
+    val_fraction : float
+        In (0, 1).
+    seed : int, default 0
+
+    Returns
+    -------
+    train_idx, val_idx : numpy.ndarray of int64
+        Sorted indices into `labels`.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    tr, va = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = min(max(math.floor(val_fraction * len(idx) + 0.5), 1), len(idx) - 1)
+        va.append(idx[:n_val])
+        tr.append(idx[n_val:])
+    return np.sort(np.concatenate(tr)).astype(np.int64), np.sort(np.concatenate(va)).astype(np.int64)
 
 
 def _check_counts(names: list[str], labels: list[int], what: str, root: str, need: int) -> None:

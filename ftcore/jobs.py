@@ -81,7 +81,11 @@ def refresh(store: RunStore, run_id: str) -> RunRecord:
     rec = store.get(run_id)
     if rec.active and rec.pid and not pid_alive(rec.pid):
         rec = store.get(run_id)  # the worker may have written its final status just now
-        if rec.active:
+        if rec.active and rec.cancel_requested:
+            store.update(run_id, status="cancelled", eta_seconds=None,
+                         message="cancelled by the user before training began")
+            rec = store.get(run_id)
+        elif rec.active:
             tail = ""
             p = store.run_dir(run_id) / "worker.log"
             if p.exists():
@@ -115,8 +119,17 @@ def latest_active_run(store: RunStore) -> RunRecord | None:
     return None
 
 
-def run_worker(store: RunStore, run_id: str) -> int:
+def run_worker(store: RunStore, run_id: str, stop_flag: dict | None = None) -> int:
     """Body of the worker process: train the run, honour cancel requests.
+
+    Parameters
+    ----------
+    store : RunStore
+    run_id : str
+    stop_flag : dict or None
+        ``{"stop": bool}`` set by a SIGTERM handler installed before the
+        heavy imports (see :func:`ftcore.cli.main`); one is made and a handler
+        installed here when None.
 
     Returns
     -------
@@ -126,12 +139,12 @@ def run_worker(store: RunStore, run_id: str) -> int:
     from .errors import FtcoreError
     from .training import run_experiment
 
-    flag = {"stop": False}
+    flag = stop_flag if stop_flag is not None else {"stop": False}
+    if stop_flag is None:
+        def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
+            flag["stop"] = True
 
-    def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
-        flag["stop"] = True
-
-    signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGTERM, on_term)
     rec = store.get(run_id)
     if rec.status != "queued":
         log.warning("run %s is %s, not queued; not starting it", run_id, rec.status)

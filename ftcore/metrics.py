@@ -67,6 +67,10 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> Summary
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.size == 0:
+        z = np.zeros(n_classes)
+        return Summary(0.0, 0.0, 0.0, z, z.copy(), z.copy(), np.zeros(n_classes, dtype=np.int64),
+                       np.zeros((n_classes, n_classes), dtype=np.int64))
     labels = np.arange(n_classes)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     present = s > 0

@@ -141,7 +141,7 @@ class RunStore:
     """
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_store_root()
+        self.root = (Path(root).expanduser() if root is not None else default_store_root()).resolve()
         try:
             (self.root / "runs").mkdir(parents=True, exist_ok=True)
             with self._connect() as con:

@@ -331,7 +331,7 @@ def run_experiment(
         store.update(run_id, status="running", phase="preparing", message="building the backbone")
         device = pick_device()
         # Build once to learn transforms; class count is set after the scan.
-        probe, src = build_model(config.backbone.name, 2, config.backbone.weights)
+        probe, src = build_model(config.backbone.name, 2, config.backbone.weights, tc.img_size)
         train_tf, val_tf, short = build_transforms(probe, tc.img_size)
         del probe
 
@@ -362,7 +362,7 @@ def run_experiment(
 
         for model_name in plan:
             torch.manual_seed(tc.seed)  # same head initialisation for both models
-            model, _ = build_model(config.backbone.name, n_classes, config.backbone.weights)
+            model, _ = build_model(config.backbone.name, n_classes, config.backbone.weights, tc.img_size)
             groups = layer_groups(model)
             unfreeze = "head" if model_name == "baseline" else config.freeze.unfreeze
             trainable = trainable_group_names(groups, unfreeze)

@@ -138,8 +138,6 @@ def test_build_model_keeps_imagenet_head():
     assert model.get_classifier().out_features == 1000
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: build_model logs 'with %d classes' with num_classes=None, "
-                                       "a logging format error (TypeError) when INFO logging is on")
 def test_build_model_none_classes_log_message_formats(caplog):
     with caplog.at_level(logging.INFO, logger="ftcore"):
         build_model("test_resnet", None, "none")

@@ -157,13 +157,13 @@ def test_bad_arguments_in_process(tmp_path, capsys, no_signal_handlers, case, co
         assert str(tmp_path) in line, "the error names the path"
 
 
-def test_failed_data_run_is_recorded_as_failed(cli_runs):
+def test_unusable_data_is_refused_before_a_run_is_recorded(cli_runs):
     home, _, results = cli_runs
-    first = results["one_class"].stderr.strip().splitlines()[0]
-    assert first.startswith("run ") and f" in {home}" in first
-    run_id = first.split()[1]
-    rec = RunStore(home).get(run_id)
-    assert rec.status == "failed" and "found 1 (only)" in rec.error
+    r = results["one_class"]
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "found 1 (only)" in lines[0], r.stderr
+    assert not [rec for rec in RunStore(home).list() if rec.config.data.train_dir.endswith("one_class")]
 
 
 # -- in-process: text output and exit codes --------------------------------------------------------------

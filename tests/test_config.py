@@ -112,8 +112,6 @@ def test_train_config_accepts_edges():
     assert TrainConfig(img_size=None).img_size is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: non-numeric weight_decay / val_fraction raise a bare ValueError/"
-                                       "TypeError from float(), not ConfigError (FtcoreError)")
 @pytest.mark.parametrize("make", [lambda: TrainConfig(weight_decay="x"), lambda: DataConfig("x", None, "x"),
                                   lambda: DataConfig("x", None, None)])
 def test_non_numeric_values_raise_config_error(make):

@@ -115,9 +115,6 @@ def test_cancel_running_worker(workers):
     assert latest_active_run(store) is None or latest_active_run(store).run_id != run_id
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cancel_run sends SIGTERM before the worker has installed its "
-                                       "handler (during its imports); the worker dies and refresh marks the run "
-                                       "'failed' instead of 'cancelled'")
 def test_cancel_right_after_start_is_cancelled_not_failed(workers):
     store, started = workers
     run_id, _, _ = started["early"]
@@ -210,8 +207,6 @@ def test_run_worker_failure_returns_1(store, make_image_folder, no_signal_handle
     assert rec.status == "failed" and "found 1 (only)" in rec.error
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: start_run passes the store root as given (maybe relative) to a worker "
-                                       "that runs with cwd = the repository, so a relative store is not found")
 def test_start_run_gives_the_worker_an_absolute_store(tmp_path, monkeypatch, make_image_folder):
     data = make_image_folder()
     calls = []

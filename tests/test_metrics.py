@@ -49,8 +49,6 @@ def test_summarize_perfect():
     np.testing.assert_array_equal(s.confusion, [[1, 0], [0, 2]])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: summarize guards y_true.size == 0 (accuracy 0.0) but "
-                                       "precision_recall_fscore_support raises ValueError first on empty input")
 def test_summarize_empty():
     s = summarize([], [], 2)
     assert s.accuracy == 0.0 and s.macro_recall == 0.0

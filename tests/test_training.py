@@ -406,8 +406,6 @@ def test_experiment_bad_data_marks_run_failed(make_image_folder, store):
     assert rec.status == "failed" and "found 1 (only)" in rec.error and rec.message == "failed"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: img_size is applied to the transforms only; models with a fixed "
-                                       "input size (ViT, DeiT, Swin) are built for their default size and crash")
 def test_experiment_vit_with_non_default_image_size(make_image_folder, store):
     data = make_image_folder(classes={"a": 6, "b": 6})
     cfg = tiny_run_config(data, model="vit_tiny_patch16_224", img_size=32, baseline=False, batch_size=8)
