@@ -286,6 +286,15 @@ def _loaders(split: DatasetSplit, train_tf, val_tf, train: TrainConfig, seed: in
     return tl, vl
 
 
+def _seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators (timm's transforms draw from ``random``)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def run_experiment(
     config: RunConfig,
     store,
@@ -324,7 +333,7 @@ def run_experiment(
     from .runs import MODELS
 
     tc = config.train
-    torch.manual_seed(tc.seed)
+    _seed_everything(tc.seed)
     stop = should_stop or (lambda: False)
     summary: dict = {}
     try:
@@ -361,7 +370,7 @@ def run_experiment(
         last_write = [0.0]
 
         for model_name in plan:
-            torch.manual_seed(tc.seed)  # same head initialisation for both models
+            _seed_everything(tc.seed)  # same head initialisation and augmentation stream for both models
             model, _ = build_model(config.backbone.name, n_classes, config.backbone.weights, tc.img_size)
             groups = layer_groups(model)
             unfreeze = "head" if model_name == "baseline" else config.freeze.unfreeze

@@ -412,3 +412,21 @@ def test_experiment_vit_with_non_default_image_size(make_image_folder, store):
     run_id = store.create_run(cfg)
     summary = run_experiment(cfg, store, run_id)
     assert summary["status"] == "finished"
+
+
+def test_same_seed_same_metrics(make_image_folder, tmp_path):
+    """Reproducible on the CPU: the same seed and data give the same metrics (augmentation included)."""
+    from ftcore.runs import RunStore
+    from ftcore.training import run_experiment
+
+    from conftest import tiny_run_config
+
+    data = make_image_folder(classes={"red": 8, "green": 8})
+    cfg = tiny_run_config(data, epochs=2)
+    results = []
+    for i in range(2):
+        store = RunStore(tmp_path / f"store{i}")
+        rid = store.create_run(cfg)
+        run_experiment(cfg, store, rid)
+        results.append(store.epochs(rid).drop(columns=["seconds", "images_per_second"]))
+    assert results[0].equals(results[1]), (results[0], results[1])
