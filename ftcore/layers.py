@@ -320,3 +320,34 @@ def set_train_mode(model: nn.Module, update_bn: bool = False) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and (id(m) in frozen or not update_bn):
             m.eval()
+
+
+def describe_layer_groups(model_name: str, num_classes: int = 2, coarse: bool = True) -> list[LayerGroup]:
+    """Layer groups of a timm architecture without loading weights.
+
+    The model is built on PyTorch's ``meta`` device (no memory for weights).
+
+    Parameters
+    ----------
+    model_name : str
+        timm model name.
+    num_classes : int, default 2
+        Head size used for the head's parameter count.
+    coarse : bool, default True
+        See :func:`layer_groups`.
+
+    Raises
+    ------
+    BackboneError
+        If timm cannot build the model.
+    """
+    import timm
+
+    from .errors import BackboneError
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    except Exception as e:
+        raise BackboneError(f"timm cannot build '{model_name}': {e}") from e
+    return layer_groups(model, coarse=coarse)

@@ -52,6 +52,7 @@ layers_page_broken = pytest.mark.xfail(
     reason=f"pages/layers.py imports {_LAYERS_MISSING}, which ftcore does not define (removed from "
            "ftcore/layers.py in commit e037cf3 but still listed in its __all__): the Layers page cannot load")
 
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A fresh run store folder in ``FTCORE_HOME``; the app's cached store forgotten."""
@@ -61,6 +62,7 @@ def home(tmp_path, monkeypatch) -> Path:
     # One thread per torch process (the worker inherits the environment): on a
     # small, busy machine two spinning OpenMP threads per process are far slower.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the worker trains on the CPU even where a GPU is present
     # app.py names its assets relative to the working directory, as `streamlit run app.py` does.
     monkeypatch.chdir(REPO)
     st.cache_resource.clear()

@@ -250,3 +250,15 @@ def test_frozen_batchnorm_without_affine_follows_parent():
     set_train_mode(net)
     assert not net.a.bn.training and not net.b.bn.training and net.b.conv.training
 
+
+
+def test_describe_layer_groups_matches_a_built_model():
+    """The UI's weight-free description equals the groups of a real model."""
+    from ftcore.errors import BackboneError
+    from ftcore.layers import describe_layer_groups
+
+    real = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
+    described = describe_layer_groups("test_efficientnet", num_classes=3)
+    assert [(g.name, g.n_params) for g in described] == [(g.name, g.n_params) for g in layer_groups(real)]
+    with pytest.raises(BackboneError, match="no_such_model"):
+        describe_layer_groups("no_such_model")
