@@ -4,22 +4,32 @@ Start with ``streamlit run app.py``. All compute lives in the ``ftcore``
 package; the pages are a thin UI over it.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from pages.common import init_state, sidebar_status
 
-st.set_page_config(page_title="Guided fine-tuning", page_icon="assets/logo.png", layout="wide")
+HERE = Path(__file__).resolve().parent
+LOGO = str(HERE / "assets" / "logo.png")
+
+st.set_page_config(page_title="Guided fine-tuning", page_icon=LOGO, layout="wide")
 init_state()
 
 PAGES = [
-    st.Page("pages/backbone.py", title="1. Backbone", default=True),
-    st.Page("pages/layers.py", title="2. Layers"),
-    st.Page("pages/data.py", title="3. Data"),
-    st.Page("pages/train.py", title="4. Train"),
-    st.Page("pages/compare.py", title="5. Compare"),
+    st.Page(HERE / "pages" / "backbone.py", title="1. Backbone", default=True),
+    st.Page(HERE / "pages" / "layers.py", title="2. Layers"),
+    st.Page(HERE / "pages" / "data.py", title="3. Data"),
+    st.Page(HERE / "pages" / "train.py", title="4. Train"),
+    st.Page(HERE / "pages" / "compare.py", title="5. Compare"),
 ]
 
 nav = st.navigation(PAGES)
-st.logo("assets/logo.png")
-sidebar_status()
-nav.run()
+st.logo(LOGO)
+# The sidebar is filled after the page runs, so it shows the choices the page just made.
+slot = st.sidebar.container()
+try:
+    nav.run()
+finally:
+    with slot:
+        sidebar_status()

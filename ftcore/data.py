@@ -504,7 +504,8 @@ def write_demo_dataset(dest: str | Path, size: int = 32) -> Path:
     The 1,797 real 8x8 digits of ``sklearn.datasets.load_digits`` (UCI
     optical recognition of handwritten digits) are scaled from 0-16 to 0-255,
     inverted to dark ink on white, upscaled (bicubic) and saved as PNG in
-    ``dest/<digit>/<index>.png``. Existing complete output is reused.
+    ``dest/<digit>/<index>.png``. Existing complete output is reused (a
+    marker file ``<dest>.complete`` beside the folder says it is complete).
 
     Parameters
     ----------
@@ -521,7 +522,7 @@ def write_demo_dataset(dest: str | Path, size: int = 32) -> Path:
     from sklearn.datasets import load_digits
 
     dest = Path(dest)
-    marker = dest / ".complete"
+    marker = dest.with_name(dest.name + ".complete")  # beside, not inside: it is no image
     if marker.exists():
         return dest
     digits = load_digits()

