@@ -26,7 +26,8 @@ from .errors import TrainingError
 from .layers import apply_freeze, layer_groups, set_train_mode, trainable_group_names
 from .metrics import macro_recall
 
-__all__ = ["StepEvent", "EpochEvent", "FitResult", "fit", "run_experiment", "pick_device", "Cancelled"]
+__all__ = ["StepEvent", "EpochEvent", "FitResult", "fit", "run_experiment", "pick_device", "Cancelled",
+           "step_cost_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,34 @@ def _loaders(split: DatasetSplit, train_tf, val_tf, train: TrainConfig, seed: in
     return tl, vl
 
 
+def step_cost_factor(groups: list, trainable: tuple[str, ...]) -> float:
+    """Estimated cost of a fine-tuning step relative to a linear-probe step.
+
+    A linear probe costs about one forward pass per image; backpropagating
+    through the backbone adds about two more for the part that learns (the
+    backward pass costs about twice the forward, Kaplan et al., "Scaling Laws
+    for Neural Language Models", 2020). The learning share is approximated by
+    the share of body parameters from the first unfrozen group to the output.
+
+    Parameters
+    ----------
+    groups : list of ftcore.layers.LayerGroup
+    trainable : tuple of str
+        Names of the unfrozen groups.
+
+    Returns
+    -------
+    float
+        In [1, 3].
+    """
+    body = [g for g in groups if not g.is_head]
+    total = sum(g.n_params for g in body)
+    first = next((i for i, g in enumerate(body) if g.name in trainable), None)
+    if first is None or total == 0:
+        return 1.0
+    return 1.0 + 2.0 * sum(g.n_params for g in body[first:]) / total
+
+
 def _seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's generators (timm's transforms draw from ``random``)."""
     import random
@@ -366,15 +395,18 @@ def run_experiment(
         total_steps = steps_per_model * len(plan)
         store.update(run_id, total_steps=total_steps, step=0)
         done_steps = 0
-        t_start = time.perf_counter()
         last_write = [0.0]
 
-        for model_name in plan:
+        later_factor = 1.0  # step cost of the fine-tuned model relative to the one training now
+        for i_model, model_name in enumerate(plan):
             _seed_everything(tc.seed)  # same head initialisation and augmentation stream for both models
             model, _ = build_model(config.backbone.name, n_classes, config.backbone.weights, tc.img_size)
             groups = layer_groups(model)
             unfreeze = "head" if model_name == "baseline" else config.freeze.unfreeze
             trainable = trainable_group_names(groups, unfreeze)
+            if model_name == "baseline":
+                later_factor = step_cost_factor(groups, trainable_group_names(groups, config.freeze.unfreeze))
+            steps_after = steps_per_model * (len(plan) - 1 - i_model)
             freeze = apply_freeze(model, groups, trainable)
             store.merge_info(run_id, **{f"{model_name}_trainable_groups": list(freeze.trainable_groups),
                                         f"{model_name}_trainable_params": freeze.n_trainable,
@@ -383,12 +415,13 @@ def run_experiment(
             store.update(run_id, phase=model_name, message=f"training the {model_name} model")
             base = done_steps
 
-            def on_step(ev: StepEvent, base: int = base) -> None:
+            def on_step(ev: StepEvent, base: int = base, steps_after: int = steps_after) -> None:
                 now = time.perf_counter()
                 s = base + ev.step
                 if now - last_write[0] > 0.5 or ev.step == ev.total_steps:
-                    rate = (now - t_start) / s
-                    store.update(run_id, step=s, eta_seconds=rate * (total_steps - s),
+                    rate = ev.seconds / ev.step  # this model's seconds per step, validation included
+                    eta = rate * (ev.total_steps - ev.step) + rate * later_factor * steps_after
+                    store.update(run_id, step=s, eta_seconds=eta,
                                  message=f"{ev.model}: epoch {ev.epoch}, step {ev.step}/{ev.total_steps}, "
                                          f"loss {ev.loss:.3f}")
                     last_write[0] = now

@@ -430,3 +430,15 @@ def test_same_seed_same_metrics(make_image_folder, tmp_path):
         run_experiment(cfg, store, rid)
         results.append(store.epochs(rid).drop(columns=["seconds", "images_per_second"]))
     assert results[0].equals(results[1]), (results[0], results[1])
+
+
+def test_step_cost_factor_grows_with_the_unfrozen_depth():
+    from ftcore.layers import describe_layer_groups
+    from ftcore.training import step_cost_factor
+
+    groups = describe_layer_groups("test_resnet")
+    names = [g.name for g in groups]
+    assert step_cost_factor(groups, ("head",)) == 1.0
+    assert step_cost_factor(groups, tuple(names)) == pytest.approx(3.0)
+    last = step_cost_factor(groups, (names[-2], "head"))
+    assert 1.0 < last < 3.0
