@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from ftcore.config import DEFAULT_BACKBONE
 from ftcore.errors import FtcoreError
@@ -27,8 +28,23 @@ DEFAULTS = {
 }
 
 
+def ensure_router() -> None:
+    """Send a page that Streamlit ran on its own back through ``app.py``'s navigation.
+
+    A fresh Streamlit server treats a ``pages/`` folder beside the main script
+    as old-style multipage navigation until ``st.navigation`` has run once, so
+    the first request for e.g. ``/train?run=...`` after a restart would run
+    the page script alone (no router, no sidebar, every file of ``pages/``
+    listed). Clearing that flag and rerunning lets ``app.py`` route it.
+    """
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def init_state() -> None:
     """Fill missing walk state with defaults."""
+    ensure_router()
     for k, v in DEFAULTS.items():
         st.session_state.setdefault(k, v)
 

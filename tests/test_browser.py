@@ -154,6 +154,24 @@ def test_walk_demo_digits_train_reload_and_compare(browser, server, home, shots)
         ctx.close()
 
 
+def test_first_request_for_a_page_url_goes_through_the_router(browser, server, shots):
+    """A bookmarked /train opened first after a server start is routed by app.py, not run alone."""
+    from playwright.sync_api import expect
+
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = ctx.new_page()
+    try:
+        page.goto(f"{server}/train")
+        expect(page.get_by_role("heading", name="4. Train")).to_be_visible(timeout=90_000)
+        nav = page.get_by_test_id("stSidebarNav")
+        expect(nav.get_by_text("1. Backbone")).to_be_visible(timeout=30_000)
+        expect(nav.get_by_text("common", exact=True)).to_have_count(0)
+        expect(page.get_by_test_id("stSidebar").get_by_text("Your choices")).to_be_visible()
+        page.screenshot(path=str(shots / "00_first_request_train.png"))
+    finally:
+        ctx.close()
+
+
 def _walk(page, ctx, server: str, home: Path, shots: Path) -> None:
     from playwright.sync_api import expect
 
