@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.common import init_state, sidebar_status
+from pages.common import PageHalt, init_state, sidebar_status
 
 HERE = Path(__file__).resolve().parent
 LOGO = str(HERE / "assets" / "logo.png")
@@ -30,6 +30,8 @@ st.logo(LOGO)
 slot = st.sidebar.container()
 try:
     nav.run()
+except PageHalt:  # a page ended early (pages.common.halt); the sidebar is still drawn
+    pass
 finally:
     with slot:
         sidebar_status()

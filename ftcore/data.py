@@ -5,7 +5,8 @@ Layouts understood:
 - ``class_folders``: ``ROOT/<class>/<image>``; a seeded stratified split holds
   out a fraction of each class for validation.
 - ``train_val``: ``ROOT/train/<class>/...`` and ``ROOT/val/<class>/...``
-  (``valid/`` and ``validation/`` also count); the given split is used.
+  (``valid/``, ``validation/``, or else ``test/`` also count); the given
+  split is used.
 
 A separate validation folder can also be passed. Every file is decoded once
 (EXIF orientation applied, converted to RGB, downscaled so its shorter side is
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 #: File and folder names that are never images or classes (OS and tool debris).
 JUNK_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints", ".DS_Store"})
-_VAL_NAMES = ("val", "valid", "validation")
+#: Validation folder names beside ``train/``, in order of preference; ``test/`` serves when no other is there.
+_VAL_NAMES = ("val", "valid", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,12 @@ class Problem:
     path : str
         The file or folder at fault.
     kind : str
-        ``"unreadable"``, ``"not_image"``, ``"ignored"`` or ``"empty_class"``.
+        ``"unreadable"``, ``"not_image"``, ``"ignored"``, ``"not_in_class"``,
+        ``"empty_class"`` or ``"nested"``.
     message : str
         Why, in words.
     action : str
-        What happens to it: ``"skipped"`` or ``"ignored"``.
+        What happens to it: ``"skipped"``, ``"ignored"`` or ``"included"``.
     """
 
     path: str
@@ -150,6 +153,7 @@ def scan_folder(root: str | Path) -> ImageFolderScan:
             problems.append(Problem(str(entry), "not_in_class", "file at the top level belongs to no class folder", "ignored"))
             continue
         files: list[str] = []
+        nested: dict[str, int] = {}
         for dirpath, dirnames, filenames in os.walk(entry):
             keep = []
             for d in sorted(dirnames):
@@ -167,6 +171,11 @@ def scan_folder(root: str | Path) -> ImageFolderScan:
                                             f"({', '.join(sorted(IMAGE_SUFFIXES))})", "skipped"))
                 else:
                     files.append(fp)
+                    if dirpath != str(entry):
+                        nested[dirpath] = nested.get(dirpath, 0) + 1
+        for sub, n in nested.items():
+            problems.append(Problem(sub, "nested", f"sub-folder of class '{entry.name}': its {n} images count as "
+                                    f"'{entry.name}'. If it is a class of its own, move it up one level.", "included"))
         if files:
             classes.append(entry.name)
             per_class[entry.name] = files

@@ -422,8 +422,8 @@ def run_experiment(
                     rate = ev.seconds / ev.step  # this model's seconds per step, validation included
                     eta = rate * (ev.total_steps - ev.step) + rate * later_factor * steps_after
                     store.update(run_id, step=s, eta_seconds=eta,
-                                 message=f"{ev.model}: epoch {ev.epoch}, step {ev.step}/{ev.total_steps}, "
-                                         f"loss {ev.loss:.3f}")
+                                 message=f"{ev.model}: epoch {ev.epoch}/{tc.epochs}, step {ev.step} of "
+                                         f"{ev.total_steps} (all epochs), loss {ev.loss:.3f}")
                     last_write[0] = now
                 if on_event:
                     on_event(ev)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from ftcore.backbones import check_weights_file, describe_backbone, list_backbones
 from ftcore.errors import FtcoreError
-from pages.common import fmt_params, get_store, init_state, widget_key
+from pages.common import fmt_params, get_store, halt, init_state, widget_key
 
 init_state()
 st.title("1. Backbone")
@@ -35,7 +35,7 @@ st.session_state["backbone_query"] = query
 matches = _search(query)
 if not matches:
     st.warning(f"No timm model name contains '{query}'. Try a shorter part, e.g. 'resnet'.")
-    st.stop()
+    halt()
 current = st.session_state["backbone"]
 if current not in matches:
     matches = [current, *matches]
@@ -57,7 +57,7 @@ try:
     info = _describe(name)
 except FtcoreError as e:
     st.error(str(e))
-    st.stop()
+    halt()
 
 c1, c2, c3 = st.columns(3)
 c1.metric("Parameters", fmt_params(info.n_params), help="With a 1000-class ImageNet head.")

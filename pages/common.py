@@ -5,7 +5,9 @@ UI only: everything computed comes from ftcore.
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
@@ -14,6 +16,8 @@ from ftcore.config import DEFAULT_BACKBONE
 from ftcore.errors import FtcoreError
 from ftcore.jobs import latest_active_run, refresh
 from ftcore.runs import RunStore
+
+_APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 #: The walk's choices, kept across pages in st.session_state (not widget keys,
 #: which Streamlit forgets when a page stops showing the widget).
@@ -28,6 +32,32 @@ DEFAULTS = {
 }
 
 
+class PageHalt(Exception):
+    """Raised by :func:`halt`; ``app.py`` catches it after the page and still draws the sidebar."""
+
+
+def halt() -> None:
+    """End the page here, like ``st.stop()``, but let ``app.py`` finish the shared sidebar.
+
+    ``st.stop()`` stops the whole script run, so nothing drawn after the page
+    (the sidebar) would appear. A page run without ``app.py`` (Streamlit's
+    own page runner) falls back to ``st.stop()``.
+    """
+    if _routed():
+        raise PageHalt()
+    st.stop()
+
+
+def _routed() -> bool:
+    """Whether this script run goes through ``app.py`` (it is on the call stack)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename == _APP:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def ensure_router() -> None:
     """Send a page that Streamlit ran on its own back through ``app.py``'s navigation.
 
@@ -37,14 +67,37 @@ def ensure_router() -> None:
     the page script alone (no router, no sidebar, every file of ``pages/``
     listed). Clearing that flag and rerunning lets ``app.py`` route it.
     """
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
+    if not PagesManager.uses_pages_directory or _routed():
+        return  # routed by app.py already; its st.navigation call clears the flag
+    PagesManager.uses_pages_directory = False
+    if not st.session_state.get("_rerouted"):  # once per session: never loop, never eat a later click
+        st.session_state["_rerouted"] = True
         st.rerun()
 
 
 def init_state() -> None:
-    """Fill missing walk state with defaults."""
+    """Fill missing walk state with defaults.
+
+    A new browser session (a refreshed tab) that follows a run (``?run=ID``)
+    starts from that run's choices, so the form matches the run shown.
+    """
     ensure_router()
+    if "_walk_initialised" not in st.session_state:
+        st.session_state["_walk_initialised"] = True
+        rid = st.query_params.get("run")
+        if rid:
+            try:
+                cfg = get_store().get(rid).config
+            except FtcoreError:
+                cfg = None
+            if cfg is not None:
+                st.session_state.update(
+                    backbone=cfg.backbone.name, weights=cfg.backbone.weights, unfreeze=cfg.freeze.unfreeze,
+                    data_dir=cfg.data.train_dir, val_dir=cfg.data.val_dir, val_fraction=cfg.data.val_fraction,
+                    data_label=cfg.data.train_dir, data_source="folder", folder_path=cfg.data.train_dir,
+                    folder_val=cfg.data.val_dir or "", epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+                    lr=cfg.train.lr, img_size=cfg.train.img_size or 224, img_size_suggested=224,
+                )
     for k, v in DEFAULTS.items():
         st.session_state.setdefault(k, v)
 
@@ -62,6 +115,11 @@ def fmt_params(n: int) -> str:
     if n >= 1e3:
         return f"{n / 1e3:.1f} k"
     return str(n)
+
+
+def time_left(eta: float | None) -> str:
+    """'about 1:05 left', or 'estimating the time left' before the first steps."""
+    return "estimating the time left" if eta is None else f"about {fmt_seconds(eta)} left"
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -117,7 +175,7 @@ def _sidebar_run() -> None:
         return
     frac = rec.step / rec.total_steps if rec.total_steps else 0.0
     st.progress(min(frac, 1.0), text=f"{rec.phase or rec.status}: {frac:.0%}")
-    st.caption(f"Run {rec.run_id}, about {fmt_seconds(rec.eta_seconds)} left")
+    st.caption(f"Run {rec.run_id}, {time_left(rec.eta_seconds)}")
 
 
 def describe_unfreeze(spec: str) -> str:

@@ -11,7 +11,7 @@ import streamlit as st
 
 from ftcore.errors import FtcoreError
 from ftcore.metrics import compare_run
-from pages.common import age, current_run_id, get_store, init_state
+from pages.common import age, current_run_id, get_store, halt, init_state
 
 init_state()
 store = get_store()
@@ -23,19 +23,20 @@ runs = [r for r in store.list(limit=50) if (store.run_dir(r.run_id) / "finetuned
 if not runs:
     st.info("No run has finished a fine-tuned epoch yet. Train one in step 4.")
     st.page_link("pages/train.py", label="Go to 4. Train", icon=":material/arrow_back:")
-    st.stop()
+    halt()
 ids = [r.run_id for r in runs]
 want = current_run_id()
 run_id = st.selectbox(
     "Run", ids, index=ids.index(want) if want in ids else 0,
-    format_func=lambda r: (lambda x: f"{r}: {x.config.backbone.name}, {x.status}, {age(x.created)}")(
+    format_func=lambda r: (lambda x: f"{r}: {x.config.backbone.name} on {os.path.basename(x.config.data.train_dir.rstrip('/'))}"
+                           f", unfreeze {x.config.freeze.unfreeze}, {x.status} {age(x.updated)}")(
         next(x for x in runs if x.run_id == r)))
 rec = store.get(run_id)
 try:
     cmp = compare_run(store, run_id)
 except FtcoreError as e:
     st.error(str(e))
-    st.stop()
+    halt()
 
 if rec.status != "finished":
     st.warning(f"This run is {rec.status}; the numbers are from its last finished epoch.")

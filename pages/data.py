@@ -12,7 +12,7 @@ from ftcore.config import DataConfig
 from ftcore.data import write_demo_dataset, inspect_dataset
 from ftcore.errors import FtcoreError
 from ftcore.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, extract_zip, save_uploaded_files
-from pages.common import get_store, init_state, widget_key
+from pages.common import get_store, halt, init_state, widget_key
 
 init_state()
 st.title("3. Data")
@@ -90,7 +90,7 @@ st.session_state["val_fraction"] = float(val_fraction)
 if not data_dir:
     st.session_state.update(data_dir=None, val_dir=None, data_label=None)
     st.info("Choose where the images come from to see the classes.")
-    st.stop()
+    halt()
 
 
 def _inspect(train_dir: str, val: str | None, fraction: float, stamp: float):
@@ -121,13 +121,13 @@ try:
 except FtcoreError as e:
     st.session_state.update(data_dir=None, val_dir=None, data_label=None)
     st.error(str(e))
-    st.stop()
+    halt()
 
 st.session_state.update(data_dir=data_dir, val_dir=val_dir, val_fraction=float(val_fraction), data_label=label)
 
 layout_words = {"class_folders": f"one folder per class, {val_fraction:.0%} of each class held out (seeded, "
                                  "stratified)",
-                "train_val": "its own train/ and val/ split", "separate_val": "a separate validation folder"}
+                "train_val": "its own train/ and validation (val/, or test/) folders", "separate_val": "a separate validation folder"}
 st.success(f"{len(report.class_names)} classes, {report.n_images} readable images; split: "
            f"{layout_words[report.layout]}.")
 counts = pd.DataFrame(report.counts).rename(columns={"train": "training images", "val": "validation images"})
@@ -143,6 +143,11 @@ for cls, files in report.samples.items():
 
 skipped = [p for p in report.problems if p.action == "skipped"]
 ignored = [p for p in report.problems if p.action == "ignored"]
+included = [p for p in report.problems if p.action == "included"]
+if included:
+    st.info("Some class folders have sub-folders; their images count as the class above them:\n\n"
+            + "\n".join(f"- `{p.path}`: {p.message}" for p in included[:20])
+            + (f"\n- ... and {len(included) - 20} more" if len(included) > 20 else ""))
 if skipped:
     st.warning(f"{len(skipped)} files cannot be used and are left out of training:")
     st.dataframe(pd.DataFrame([p.__dict__ for p in skipped]), width="stretch", hide_index=True)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from ftcore.errors import FtcoreError
 from ftcore.layers import HEAD, describe_layer_groups
-from pages.common import fmt_params, init_state
+from pages.common import fmt_params, halt, init_state
 
 init_state()
 name = st.session_state["backbone"]
@@ -29,7 +29,7 @@ try:
     groups = _groups(name)
 except FtcoreError as e:
     st.error(str(e))
-    st.stop()
+    halt()
 
 body = [g.name for g in groups if g.name != HEAD]
 

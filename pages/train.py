@@ -10,7 +10,8 @@ from plotly.subplots import make_subplots
 from ftcore.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
 from ftcore.errors import FtcoreError
 from ftcore.jobs import cancel_run, start_run
-from pages.common import (current_run_id, describe_unfreeze, fmt_seconds, get_store, init_state, run_record,
+from ftcore.jobs import latest_active_run
+from pages.common import (current_run_id, describe_unfreeze, get_store, init_state, run_record, time_left,
                           widget_key)
 
 init_state()
@@ -79,7 +80,11 @@ with st.container(border=True):
     if not ready:
         st.info("Choose the images in step 3 first.")
         st.page_link("pages/data.py", label="Go to 3. Data", icon=":material/arrow_back:")
-    start = st.button("Start training", type="primary", disabled=not ready)
+    busy = latest_active_run(store)
+    if busy is not None:
+        st.info(f"Run {busy.run_id} is still training. One run at a time shares this machine's processors: "
+                "cancel it below or wait for it to finish.")
+    start = st.button("Start training", type="primary", disabled=not ready or busy is not None)
 
 if start:
     try:
@@ -117,8 +122,7 @@ def live(run_id: str) -> None:
     )
     frac = rec.step / rec.total_steps if rec.total_steps else 0.0
     if rec.active:
-        st.progress(min(frac, 1.0), text=f"{rec.message or rec.status} · {frac:.0%} · about "
-                                         f"{fmt_seconds(rec.eta_seconds)} left")
+        st.progress(min(frac, 1.0), text=f"{rec.message or rec.status} · {frac:.0%} · {time_left(rec.eta_seconds)}")
         if st.button("Cancel", icon=":material/stop:", help="Stops before the next batch; finished epochs are kept."):
             cancel_run(store, run_id)
             st.toast("Cancelling: the trainer stops before its next batch.")
@@ -127,7 +131,7 @@ def live(run_id: str) -> None:
         st.page_link("pages/compare.py", label="See what fine-tuning bought: 5. Compare",
                      icon=":material/arrow_forward:")
     elif rec.status == "cancelled":
-        st.warning(f"Cancelled. {rec.message}")
+        st.warning("Cancelled. The metrics of finished epochs are kept.")
     else:
         st.error(f"Failed: {rec.error}")
     if rec.info.get("device"):

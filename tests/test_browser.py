@@ -277,7 +277,7 @@ def _walk(page, ctx, server: str, home: Path, shots: Path) -> None:
     assert (rec.config.backbone.name, rec.config.backbone.weights) == ("tf_efficientnet_lite0", "auto")
     assert (rec.config.train.img_size, rec.config.train.epochs) == (32, 1)
     assert rec.config.freeze.unfreeze.startswith("groups:") and len(rec.config.freeze.unfreeze[7:].split(",")) == 2
-    expect(main().get_by_text(f"Run {run_id}")).to_be_visible()
+    expect(main().get_by_text(f"Run {run_id}", exact=True)).to_be_visible()
     expect(main().get_by_test_id("stProgress")).to_be_visible()
     no_exception()
     shot("05_train_started")
@@ -292,9 +292,9 @@ def _walk(page, ctx, server: str, home: Path, shots: Path) -> None:
     shot("06_train_running")
     page.reload()
     expect(main().get_by_role("heading", name="4. Train")).to_be_visible()
-    expect(main().get_by_text(f"Run {run_id}")).to_be_visible()
+    expect(main().get_by_text(f"Run {run_id}", exact=True)).to_be_visible()
     expect(main().get_by_test_id("stProgress")).to_be_visible()
-    expect(main().get_by_test_id("stProgress")).to_contain_text(re.compile(r"epoch 1, step \d+/\d+"))
+    expect(main().get_by_test_id("stProgress")).to_contain_text(re.compile(r"epoch 1/1, step \d+ of \d+"))
     expect(main().get_by_role("button", name="Cancel")).to_be_visible()
     expect(sidebar.get_by_text(f"Run {run_id}")).to_be_visible()
     assert store.get(run_id).active, "the run ended before the reload could be checked"
@@ -304,7 +304,7 @@ def _walk(page, ctx, server: str, home: Path, shots: Path) -> None:
     # A second tab, opened at the app's address with no run id, finds it too.
     tab = ctx.new_page()
     tab.goto(f"{server}/train")
-    expect(tab.get_by_test_id("stMain").get_by_text(f"Run {run_id}")).to_be_visible()
+    expect(tab.get_by_test_id("stMain").get_by_text(f"Run {run_id}", exact=True)).to_be_visible()
     tab.close()
     times["reloaded"] = time.monotonic() - t0
 

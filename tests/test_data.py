@@ -395,7 +395,7 @@ def test_write_demo_dataset(tmp_path):
     assert classes == [str(d) for d in range(10)]
     for d in range(10):
         assert len(list((dest / str(d)).glob("*.png"))) == int((target == d).sum())
-    assert (dest / ".complete").exists()
+    assert (tmp_path / "digits.complete").exists()  # beside the folder, so the data set holds images only
     img = Image.open(dest / "0" / "0000.png")
     assert img.size == (16, 16)
     arr = np.asarray(img)
@@ -407,7 +407,7 @@ def test_write_demo_dataset(tmp_path):
     assert (dest / "0" / "0000.png").stat().st_mtime_ns == stamp
     scan = scan_folder(dest)
     assert scan.class_names == [str(d) for d in range(10)] and len(scan.files) == 1797
-    assert scan.problems and all(p.kind == "ignored" for p in scan.problems)  # the .complete marker
+    assert scan.problems == []
 
 
 def test_inspect_dataset_reports_the_runs_split(make_image_folder):
@@ -428,3 +428,23 @@ def test_inspect_dataset_reports_the_runs_split(make_image_folder):
     assert [Path(p.path).name for p in report.problems if p.kind == "unreadable"] == ["broken.png"]
     with pytest.raises(DatasetError, match="needs at least two class folders with images; found none"):
         inspect_dataset(DataConfig(str(root / "a")))  # images but no class sub-folders
+
+
+def test_train_and_test_folders_are_a_split_not_two_classes(make_image_folder):
+    root = make_image_folder(name="data/train", classes={"a": 4, "b": 4}).parent
+    make_image_folder(name="data/test", classes={"a": 2, "b": 2})
+    split = prepare_split(DataConfig(str(root)))
+    assert split.layout == "train_val" and split.class_names == ["a", "b"]
+    assert split.counts() == {"train": {"a": 4, "b": 4}, "val": {"a": 2, "b": 2}}
+
+
+def test_nested_folders_inside_a_class_are_included_and_said(make_image_folder):
+    from ftcore.data import scan_folder
+
+    root = make_image_folder(classes={"a": 3, "b": 3})
+    make_image_folder(name="data/a/more", classes={"x": 2})  # data/a/more/x/*.png
+    scan = scan_folder(root)
+    assert scan.counts() == {"a": 5, "b": 3}
+    nested = [p for p in scan.problems if p.kind == "nested"]
+    assert len(nested) == 1 and nested[0].action == "included"
+    assert nested[0].path.endswith("more/x") and "count as 'a'" in nested[0].message
