@@ -123,7 +123,8 @@ except FtcoreError as e:
     st.error(str(e))
     halt()
 
-st.session_state.update(data_dir=data_dir, val_dir=val_dir, val_fraction=float(val_fraction), data_label=label)
+st.session_state.update(data_dir=data_dir, val_dir=val_dir, val_fraction=float(val_fraction), data_label=label,
+                        n_classes=len(report.class_names))
 
 layout_words = {"class_folders": f"one folder per class, {val_fraction:.0%} of each class held out (seeded, "
                                  "stratified)",

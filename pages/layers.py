@@ -21,12 +21,15 @@ st.write(
 
 
 @st.cache_data(show_spinner="Reading the layer groups...")
-def _groups(model_name: str):
-    return describe_layer_groups(model_name)
+def _groups(model_name: str, n_classes: int):
+    return describe_layer_groups(model_name, num_classes=n_classes)
 
 
+n_classes = int(st.session_state.get("n_classes") or 2)
+st.caption(f"The backbone's ImageNet classifier is replaced by a new head with one output per class "
+           f"({n_classes} {'classes from your data' if st.session_state.get('n_classes') else 'classes until you choose data'}).")
 try:
-    groups = _groups(name)
+    groups = _groups(name, n_classes)
 except FtcoreError as e:
     st.error(str(e))
     halt()
