@@ -20,6 +20,7 @@ import fnmatch
 import importlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,8 @@ def resolve_weights(name: str, weights: str = "auto") -> WeightsSource:
         return WeightsSource("random")
     if weights != "auto":
         p = Path(weights).expanduser()
+        if p.is_dir():
+            raise WeightsError(f"weights file {p} is a folder; give the weights file inside it, 'auto' or 'none'.")
         if not p.is_file():
             raise WeightsError(f"weights file {p} does not exist; give an existing file, 'auto' or 'none'.")
         if p.suffix.lower() not in _WEIGHT_SUFFIXES:
@@ -238,7 +241,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"cannot read weights file {path}: {e}. Give a PyTorch or safetensors state dict.") from e
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+        reason = reason[0] if reason and reason[0] else type(e).__name__
+        raise WeightsError(
+            f"cannot read weights file {path} ({reason}); give a state dict saved with torch.save or safetensors."
+        ) from e
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -249,9 +256,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _classifier_keys(model: nn.Module) -> set[str]:
-    clf = model.get_classifier()
+    from .layers import classifier_modules
+
     names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
-    return {names[id(t)] for t in clf.state_dict(keep_vars=True).values() if id(t) in names} if isinstance(clf, nn.Module) else set()
+    return {names[id(t)] for m in classifier_modules(model) for t in m.state_dict(keep_vars=True).values()
+            if id(t) in names}
 
 
 def load_weights_file(model: nn.Module, path: str | Path) -> None:
@@ -295,6 +304,11 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
             + "; ".join(parts)
             + ". Pick the architecture the file was saved from, or another file."
         )
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise WeightsError(f"weights file {p} holds NaN or infinite values in {', '.join(bad[:5])}{more}; "
+                           "it cannot be trained from. Use another file.")
     keep = {k: v for k, v in sd.items() if not (k in clf and tuple(v.shape) != tuple(own[k].shape))}
     model.load_state_dict(keep, strict=False)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -103,8 +104,14 @@ def _train(args: argparse.Namespace) -> int:
     except FtcoreError as e:
         print(f"python -m ftcore train: error: {e}", file=sys.stderr)
         return 2
-    store = RunStore(args.store)
-    run_id = store.create_run(cfg)
+    try:
+        store = RunStore(args.store)
+        run_id = store.create_run(cfg)
+        # The pid lets the dashboard see that this run ended if this process is killed.
+        store.update(run_id, pid=os.getpid())
+    except FtcoreError as e:
+        print(f"python -m ftcore train: error: {e}", file=sys.stderr)
+        return 1
     print(f"run {run_id} in {store.root}", file=sys.stderr, flush=True)
     stop = {"flag": False}
 
@@ -119,6 +126,10 @@ def _train(args: argparse.Namespace) -> int:
                                  on_event=_progress_printer(sys.stderr))
     except FtcoreError as e:
         print(f"python -m ftcore train: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # recorded in the store as an internal error; one line here, the log has the rest
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"python -m ftcore train: error: run {run_id} failed: {type(e).__name__}: {first}", file=sys.stderr)
         return 1
     status = summary.pop("status")
     out = {"run_id": run_id, "status": status, **summary}

@@ -107,6 +107,9 @@ class FreezeConfig:
     def __post_init__(self) -> None:
         if not str(self.unfreeze).startswith("groups:"):
             parse_unfreeze(self.unfreeze)
+        elif not self.group_names:
+            raise ConfigError("unfreeze 'groups:' names no layer group; list them ('groups:blocks.5,blocks.6') "
+                              "or use 'head' to train the head only.")
 
     @property
     def group_names(self) -> tuple[str, ...] | None:

@@ -229,6 +229,8 @@ def decode_image(path: str | Path, max_short_side: int | None = None) -> np.ndar
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                im = _to_8bit(im)
             im = im.convert("RGB")
             if max_short_side is not None and min(im.size) > max_short_side:
                 scale = max_short_side / min(im.size)
@@ -236,6 +238,25 @@ def decode_image(path: str | Path, max_short_side: int | None = None) -> np.ndar
             return np.asarray(im, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DatasetError(f"cannot read image {path}: {e}") from e
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit integer and float greyscale to 8 bits instead of clipping.
+
+    16-bit data is divided by 257 (65535 -> 255); 32-bit integers and floats
+    are scaled by their range when it exceeds 0-255 (floats in [0, 1] are
+    taken as fractions of white).
+    """
+    arr = np.asarray(im, dtype=np.float64)
+    if im.mode.startswith("I;16"):
+        arr = arr / 257.0
+    else:
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if im.mode == "F" and lo >= 0.0 and hi <= 1.0:
+            arr = arr * 255.0
+        elif lo < 0.0 or hi > 255.0:
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8))
 
 
 @dataclass
@@ -394,6 +415,19 @@ def scan_layout(data: DataConfig) -> tuple[ImageFolderScan, ImageFolderScan | No
         training folder lacks.
     """
     root = Path(data.train_dir).expanduser()
+    try:
+        return _scan_layout(root, data)
+    except OSError as e:
+        raise DatasetError(f"cannot read {e.filename or root} ({e.strerror or e}); check that the folder exists and "
+                           "is readable by the user running the product.") from e
+
+
+def _scan_layout(root: Path, data: DataConfig) -> tuple[ImageFolderScan, ImageFolderScan | None, str]:
+    if data.val_dir and Path(data.val_dir).expanduser().resolve() == root.resolve():
+        raise DatasetError(
+            f"the validation folder {data.val_dir} is the training folder: the metrics would be measured on "
+            "training images. Give a separate validation folder, or none to split off a share of each class."
+        )
     if data.val_dir:
         train_scan, val_scan, layout = scan_folder(root), scan_folder(data.val_dir), "separate_val"
     elif (dirs := _find_split_dirs(root)) is not None:

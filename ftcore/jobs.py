@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .config import RunConfig
@@ -76,9 +77,22 @@ def start_run(config: RunConfig, store: RunStore) -> str:
     return run_id
 
 
+#: A run without a process id that has not written for this long is taken as dead, in seconds.
+STALE_SECONDS = 600
+
+
 def refresh(store: RunStore, run_id: str) -> RunRecord:
-    """The run's record, marking it failed if its worker died without saying so."""
+    """The run's record, marking it failed if its process died without saying so.
+
+    A process that is gone (killed, out of memory, terminal closed) cannot
+    write its final status; its run would look active for ever and keep the
+    dashboard's Start button disabled.
+    """
     rec = store.get(run_id)
+    if rec.active and not rec.pid and time.time() - rec.updated > STALE_SECONDS:
+        store.update(run_id, status="failed", error=f"no process and no progress for {STALE_SECONDS // 60} minutes",
+                     message="failed")
+        return store.get(run_id)
     if rec.active and rec.pid and not pid_alive(rec.pid):
         rec = store.get(run_id)  # the worker may have written its final status just now
         if rec.active and rec.cancel_requested:

@@ -30,6 +30,7 @@ __all__ = [
     "set_train_mode",
     "frozen_batchnorm_modules",
     "describe_layer_groups",
+    "classifier_modules",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,33 @@ class FreezeSummary:
         return self.n_trainable + self.n_frozen
 
 
+def classifier_modules(model: nn.Module) -> list[nn.Module]:
+    """The classifier module(s) of a timm model.
+
+    ``model.get_classifier()`` returns one module for most families and a
+    tuple ``(head, head_dist)`` for distilled ones (DeiT-distilled, LeViT,
+    EfficientFormer...); both are the head.
+
+    Raises
+    ------
+    BackboneError
+        If the model has no ``get_classifier`` (an encoder without a head).
+    """
+    from .errors import BackboneError
+
+    try:
+        clf = model.get_classifier()
+    except (AttributeError, NotImplementedError) as e:
+        raise BackboneError(
+            f"{type(model).__name__} has no classifier head (timm's get_classifier); it is an encoder, not an "
+            "image classifier. Pick another backbone."
+        ) from e
+    items = clf if isinstance(clf, (tuple, list)) else (clf,)
+    return [m for m in items if isinstance(m, nn.Module)]
+
+
 def _classifier_param_names(model: nn.Module) -> list[str]:
-    clf = model.get_classifier()
-    ids = {id(p) for p in clf.parameters()} if isinstance(clf, nn.Module) else set()
+    ids = {id(p) for m in classifier_modules(model) for p in m.parameters()}
     return [n for n, p in model.named_parameters() if id(p) in ids]
 
 
@@ -155,8 +180,8 @@ def layer_groups(model: nn.Module, coarse: bool = True) -> list[LayerGroup]:
         matcher = model.group_matcher(coarse=coarse)
         grouped = group_parameters(model, matcher)
         ordered = [list(grouped[k]) for k in sorted(grouped)]
-    except (AttributeError, NotImplementedError):
-        log.info("%s has no group_matcher; grouping by top-level module", type(model).__name__)
+    except Exception as e:  # absent, not implemented, or asserting for this grain (e.g. RDNet coarse)
+        log.info("%s: no usable group_matcher (%s); grouping by top-level module", type(model).__name__, e)
         ordered = []
         for child_name, child in model.named_children():
             names = [f"{child_name}.{n}" for n, _ in child.named_parameters()]

@@ -23,7 +23,7 @@ from .backbones import build_model
 from .config import RunConfig, TrainConfig
 from .data import ArrayImageDataset, DatasetSplit, build_transforms, prepare_split
 from .errors import TrainingError
-from .layers import apply_freeze, layer_groups, set_train_mode, trainable_group_names
+from .layers import apply_freeze, classifier_modules, layer_groups, set_train_mode, trainable_group_names
 from .metrics import macro_recall
 
 __all__ = ["StepEvent", "EpochEvent", "FitResult", "fit", "run_experiment", "pick_device", "Cancelled",
@@ -199,7 +199,7 @@ def fit(
     TrainingError
         If the loss becomes NaN or infinite (names the step and learning rate).
     """
-    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    head_ids = {id(p) for m in classifier_modules(model) for p in m.parameters()}
     head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = [{"params": head, "lr": train.lr}]
@@ -467,7 +467,7 @@ def run_experiment(
         store.update(run_id, status="failed", error=str(e), eta_seconds=None, message="failed")
         raise
     except Exception as e:
-        log.exception("run %s failed", run_id)
+        log.debug("run %s failed", run_id, exc_info=True)
         store.update(run_id, status="failed", error=f"internal error: {type(e).__name__}: {e}",
                      eta_seconds=None, message="failed")
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import secrets
+import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -62,20 +63,27 @@ def save_uploaded_files(files: Iterable[tuple[str, bytes]], store_root: str | Pa
     """
     dest = _new_dest(Path(store_root))
     total = count = 0
-    for name, data in files:
-        rel = _safe_relpath(name)
-        if rel is None:
-            raise DatasetError(f"uploaded file name {name!r} is not a safe relative path; rename it and upload again.")
-        count += 1
-        total += len(data)
-        if count > MAX_UPLOAD_FILES or total > MAX_UPLOAD_BYTES:
-            raise DatasetError(
-                f"the upload exceeds {MAX_UPLOAD_FILES} files or {MAX_UPLOAD_BYTES // 1024**2} MiB; "
-                "upload fewer images or use a folder on the server."
-            )
-        out = dest / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data)
+    try:
+        for name, data in files:
+            rel = _safe_relpath(name)
+            if rel is None or "\x00" in name:
+                raise DatasetError(f"uploaded file name {name!r} is not a safe relative path; rename it and upload again.")
+            count += 1
+            total += len(data)
+            if count > MAX_UPLOAD_FILES or total > MAX_UPLOAD_BYTES:
+                raise DatasetError(
+                    f"the upload exceeds {MAX_UPLOAD_FILES} files or {MAX_UPLOAD_BYTES // 1024**2} MiB; "
+                    "upload fewer images or use a folder on the server."
+                )
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+    except DatasetError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    except (OSError, ValueError) as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise DatasetError(f"uploaded file {name!r} cannot be saved ({e}); nothing was kept. Rename it and upload again.") from e
     return class_root(dest)
 
 
@@ -121,18 +129,30 @@ def extract_zip(data: bytes, store_root: str | Path, name: str = "upload.zip") -
                 raise DatasetError(f"{name}: member {i.filename!r} is a link; links are not followed. Refused.")
         dest = _new_dest(Path(store_root))
         written = 0
-        for i in infos:
-            rel = _safe_relpath(i.filename)
-            if rel.parts[0] == "__MACOSX":
-                continue
-            out = dest / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(i) as src, open(out, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > MAX_UPLOAD_BYTES:
-                        raise DatasetError(f"{name} unpacks to more than its header says; refused.")
-                    dst.write(chunk)
+        member = ""
+        try:
+            for i in infos:
+                member = i.filename
+                rel = _safe_relpath(i.filename)
+                if rel.parts[0] == "__MACOSX":
+                    continue
+                out = dest / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(i) as src, open(out, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > MAX_UPLOAD_BYTES:
+                            raise DatasetError(f"{name} unpacks to more than its header says; refused.")
+                        dst.write(chunk)
+        except DatasetError:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile, ValueError) as e:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise DatasetError(
+                f"{name}: member {member!r} cannot be extracted ({type(e).__name__}: {e}); nothing was kept. "
+                "Re-create the zip without encryption, with plain file names, and upload it again."
+            ) from e
     return class_root(dest)
 
 

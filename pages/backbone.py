@@ -99,6 +99,10 @@ else:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(up.getvalue())
         path = str(dest)
+    # Until a file passes the check, the run is refused (it never falls back to other weights).
+    st.session_state["weights"] = path or ""
+    if not path:
+        st.info("No weights file given yet: training is refused until one fits this architecture.")
     if path:
         try:
             with st.spinner("Checking the file against the architecture, key by key..."):

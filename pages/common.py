@@ -158,7 +158,7 @@ def sidebar_status() -> None:
     st.caption("Your choices")
     st.markdown(
         f"- **Backbone:** `{st.session_state['backbone']}`\n"
-        f"- **Weights:** {weights if weights in ('auto', 'none') else 'local file'}\n"
+        f"- **Weights:** {weights if weights in ('auto', 'none') else ('local file' if weights else 'file not given')}\n"
         f"- **Unfreeze:** {describe_unfreeze(st.session_state['unfreeze'])}\n"
         f"- **Data:** {st.session_state['data_label'] or 'not chosen yet'}"
     )

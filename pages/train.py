@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from ftcore.backbones import resolve_weights
 from ftcore.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
 from ftcore.errors import FtcoreError
 from ftcore.jobs import cancel_run, start_run
@@ -95,6 +96,7 @@ if start:
             train=TrainConfig(epochs=int(epochs), batch_size=int(batch), lr=float(lr), img_size=int(img),
                               baseline=baseline, backbone_lr_scale=float(lr_scale), update_bn=bool(update_bn)),
         )
+        resolve_weights(cfg.backbone.name, cfg.backbone.weights)  # refuse a missing weights file now
         run_id = start_run(cfg, store)
     except FtcoreError as e:
         st.error(str(e))

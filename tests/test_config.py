@@ -49,7 +49,8 @@ def test_freeze_config_group_names():
     assert FreezeConfig("all").group_names is None
     assert FreezeConfig("last:2").group_names is None
     assert FreezeConfig("groups:stem, layer1.0 ,head").group_names == ("stem", "layer1.0", "head")
-    assert FreezeConfig("groups:").group_names == ()
+    with pytest.raises(ConfigError, match="'groups:' names no layer group"):
+        FreezeConfig("groups:")
     with pytest.raises(ConfigError, match="'bogus' is not understood"):
         FreezeConfig("bogus")
 

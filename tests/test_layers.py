@@ -142,7 +142,8 @@ def test_trainable_last_n(resnet_groups):
 def test_trainable_explicit_groups_in_model_order_head_always(resnet_groups):
     assert trainable_group_names(resnet_groups, "groups:layer2.0,stem") == ("stem", "layer2.0", "head")
     assert trainable_group_names(resnet_groups, "groups:head") == ("head",)
-    assert trainable_group_names(resnet_groups, "groups:") == ("head",)
+    with pytest.raises(ConfigError, match="names no layer group"):
+        trainable_group_names(resnet_groups, "groups:")
 
 
 def test_trainable_unknown_group_names_it(resnet_groups):
