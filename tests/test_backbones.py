@@ -293,3 +293,25 @@ def test_check_weights_file(tmp_path):
         check_weights_file("test_resnet", tmp_path / "nope.pth")
     with pytest.raises(BackboneError, match="'nonexistent_net' is not a timm model name"):
         check_weights_file("nonexistent_net", p)
+
+
+def test_weights_file_with_nan_is_refused_naming_the_tensor(tmp_path):
+    from ftcore.backbones import load_weights_file
+    from ftcore.errors import WeightsError
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    sd = model.state_dict()
+    sd["conv1.0.weight"] = torch.full_like(sd["conv1.0.weight"], float("nan"))
+    torch.save(sd, tmp_path / "nan.pth")
+    with pytest.raises(WeightsError, match=r"NaN or infinite values in conv1.0.weight"):
+        load_weights_file(timm.create_model("test_resnet", pretrained=False, num_classes=3), tmp_path / "nan.pth")
+
+
+def test_unreadable_weights_file_gives_one_line(tmp_path):
+    from ftcore.backbones import load_weights_file
+    from ftcore.errors import WeightsError
+
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(WeightsError) as e:
+        load_weights_file(timm.create_model("test_resnet", pretrained=False), tmp_path / "empty.pth")
+    assert "cannot read weights file" in str(e.value) and "\n" not in str(e.value) and "\x1b" not in str(e.value)

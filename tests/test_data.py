@@ -448,3 +448,30 @@ def test_nested_folders_inside_a_class_are_included_and_said(make_image_folder):
     nested = [p for p in scan.problems if p.kind == "nested"]
     assert len(nested) == 1 and nested[0].action == "included"
     assert nested[0].path.endswith("more/x") and "count as 'a'" in nested[0].message
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    ramp16 = np.linspace(0, 65535, 256).astype(np.uint16).reshape(16, 16)
+    Image.fromarray(ramp16).save(tmp_path / "g16.png")
+    d = decode_image(tmp_path / "g16.png")
+    assert d.min() == 0 and d.max() == 255 and len(np.unique(d)) > 200
+    Image.fromarray(np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16)).save(tmp_path / "f.tiff")
+    d = decode_image(tmp_path / "f.tiff")
+    assert d.min() == 0 and d.max() == 255
+
+
+def test_validation_folder_equal_to_the_training_folder_is_refused(make_image_folder):
+    root = make_image_folder(classes={"a": 4, "b": 4})
+    with pytest.raises(DatasetError, match="is the training folder: the metrics would be measured on training"):
+        prepare_split(DataConfig(str(root), str(root)))
+
+
+def test_unreadable_folder_is_named(make_image_folder, monkeypatch):
+    root = make_image_folder(classes={"a": 4, "b": 4})
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(DatasetError, match=r"cannot read .*data \(Permission denied\); check that the folder"):
+        prepare_split(DataConfig(str(root)))

@@ -226,3 +226,16 @@ def test_start_run_gives_the_worker_an_absolute_store(tmp_path, monkeypatch, mak
     store_arg = Path(args[args.index("--store") + 1])
     worker_cwd = Path(kw["cwd"])
     assert (worker_cwd / store_arg).resolve() == (tmp_path / "relative_store").resolve()
+
+
+def test_active_run_without_a_process_and_without_progress_is_marked_failed(tmp_path, monkeypatch):
+    """A CLI run killed before it recorded its pid must not block the dashboard for ever."""
+    store = RunStore(tmp_path / "store")
+    data = _make_image_folder(tmp_path / "data", {"a": 4, "b": 4})
+    rid = store.create_run(tiny_run_config(data))
+    store.update(rid, status="running")
+    assert refresh(store, rid).status == "running"
+    real = time.time
+    monkeypatch.setattr(jobs.time, "time", lambda: real() + jobs.STALE_SECONDS + 5)
+    rec = refresh(store, rid)
+    assert rec.status == "failed" and "no process and no progress" in rec.error

@@ -263,3 +263,15 @@ def test_describe_layer_groups_matches_a_built_model():
     assert [(g.name, g.n_params) for g in described] == [(g.name, g.n_params) for g in layer_groups(real)]
     with pytest.raises(BackboneError, match="no_such_model"):
         describe_layer_groups("no_such_model")
+
+
+def test_distilled_models_have_both_heads_in_the_head_group():
+    """get_classifier() returns (head, head_dist) for distilled families; both are the head."""
+    from ftcore.layers import describe_layer_groups
+
+    groups = describe_layer_groups("levit_128s", num_classes=3)
+    head = groups[-1]
+    assert head.name == "head"
+    assert any(n.startswith("head_dist.") for n in head.param_names)
+    assert any(n.startswith("head.") for n in head.param_names)
+    assert trainable_group_names(groups, "head") == ("head",)
