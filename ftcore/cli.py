@@ -131,6 +131,13 @@ def _train(args: argparse.Namespace) -> int:
         first = (str(e).strip().splitlines() or [""])[0]
         print(f"python -m ftcore train: error: run {run_id} failed: {type(e).__name__}: {first}", file=sys.stderr)
         return 1
+    info = store.get(run_id).info
+    if info.get("skipped"):
+        print(f"warning: {len(info['skipped'])} files could not be used and were left out, e.g. "
+              f"{info['skipped'][0]['path']}: {info['skipped'][0]['message']}", file=sys.stderr)
+    if info.get("empty_classes"):
+        print(f"warning: folders with no usable image were not made classes: {', '.join(info['empty_classes'])}",
+              file=sys.stderr)
     status = summary.pop("status")
     out = {"run_id": run_id, "status": status, **summary}
     if args.json:

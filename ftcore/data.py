@@ -116,7 +116,7 @@ def _is_junk(name: str) -> bool:
     return name.startswith(".") or name in JUNK_NAMES
 
 
-def scan_folder(root: str | Path) -> ImageFolderScan:
+def scan_folder(root: str | Path, role: str = "data folder") -> ImageFolderScan:
     """List the image files of a folder with one sub-folder per class.
 
     Files directly in a class folder and in folders below it belong to that
@@ -128,6 +128,8 @@ def scan_folder(root: str | Path) -> ImageFolderScan:
     ----------
     root : str or pathlib.Path
         The folder.
+    role : str, default "data folder"
+        What the folder is for, in messages (``"validation folder"``).
 
     Returns
     -------
@@ -140,8 +142,10 @@ def scan_folder(root: str | Path) -> ImageFolderScan:
         images.
     """
     rootp = Path(root).expanduser()
+    if not rootp.exists():
+        raise DatasetError(f"{role} {rootp} does not exist; give a folder with one sub-folder per class.")
     if not rootp.is_dir():
-        raise DatasetError(f"data folder {rootp} does not exist or is not a folder; give a folder with one sub-folder per class.")
+        raise DatasetError(f"{role} {rootp} is a file, not a folder; give a folder with one sub-folder per class.")
     problems: list[Problem] = []
     classes: list[str] = []
     per_class: dict[str, list[str]] = {}
@@ -429,9 +433,9 @@ def _scan_layout(root: Path, data: DataConfig) -> tuple[ImageFolderScan, ImageFo
             "training images. Give a separate validation folder, or none to split off a share of each class."
         )
     if data.val_dir:
-        train_scan, val_scan, layout = scan_folder(root), scan_folder(data.val_dir), "separate_val"
+        train_scan, val_scan, layout = scan_folder(root), scan_folder(data.val_dir, "validation folder"), "separate_val"
     elif (dirs := _find_split_dirs(root)) is not None:
-        train_scan, val_scan, layout = scan_folder(dirs[0]), scan_folder(dirs[1]), "train_val"
+        train_scan, val_scan, layout = scan_folder(dirs[0]), scan_folder(dirs[1], "validation folder"), "train_val"
     else:
         train_scan, val_scan, layout = scan_folder(root), None, "class_folders"
     if val_scan is not None:

@@ -386,6 +386,7 @@ def run_experiment(
             run_id, device=str(device), weights=src.describe(), weights_kind=src.kind,
             class_names=split.class_names, layout=split.layout, counts=split.counts(),
             skipped=[p.__dict__ for p in split.problems if p.kind in ("unreadable", "not_image")],
+            empty_classes=[p.path for p in split.problems if p.kind == "empty_class"],
         )
         store.save_json(run_id, "split.json", {"train": split.train_files, "val": split.val_files,
                                                "class_names": split.class_names})

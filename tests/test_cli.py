@@ -115,7 +115,7 @@ BAD_ARGUMENTS = [
     ("epochs_text", 2, "argument --epochs: invalid int value: 'abc'"),
     ("no_data_arg", 2, "the following arguments are required: --data"),
     ("missing_weights", 2, "missing.safetensors does not exist; give an existing file, 'auto' or 'none'"),
-    ("missing_data", 1, "does_not_exist does not exist or is not a folder"),
+    ("missing_data", 1, "does_not_exist does not exist; give a folder with one sub-folder per class"),
     ("one_class", 1, "needs at least two class folders with images; found 1 (only)"),
 ]
 #: Cases also run as real subprocesses (the others only in-process, to keep the suite fast).

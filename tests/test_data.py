@@ -111,11 +111,11 @@ def test_scan_no_classes_raises(tmp_path):
 
 
 def test_scan_missing_folder_raises(tmp_path):
-    with pytest.raises(DatasetError, match=r"data folder .*nowhere does not exist or is not a folder"):
+    with pytest.raises(DatasetError, match=r"data folder .*nowhere does not exist; give a folder"):
         scan_folder(tmp_path / "nowhere")
     f = tmp_path / "file.png"
     f.write_bytes(b"")
-    with pytest.raises(DatasetError, match="is not a folder"):
+    with pytest.raises(DatasetError, match="is a file, not a folder"):
         scan_folder(f)
 
 
@@ -475,3 +475,10 @@ def test_unreadable_folder_is_named(make_image_folder, monkeypatch):
     monkeypatch.setattr(Path, "iterdir", denied)
     with pytest.raises(DatasetError, match=r"cannot read .*data \(Permission denied\); check that the folder"):
         prepare_split(DataConfig(str(root)))
+
+
+def test_validation_path_that_is_a_file_is_called_the_validation_folder(make_image_folder, tmp_path):
+    root = make_image_folder(classes={"a": 4, "b": 4})
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match=r"validation folder .*notes.txt is a file, not a folder"):
+        prepare_split(DataConfig(str(root), str(tmp_path / "notes.txt")))
