@@ -40,6 +40,7 @@ __all__ = [
     "build_model",
     "load_weights_file",
     "check_weights_file",
+    "hub_reachable",
 ]
 
 log = logging.getLogger(__name__)
@@ -332,6 +333,26 @@ def _load_packaged(model: nn.Module, name: str, path: str) -> None:
     model.load_state_dict(mapped, strict=True)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within `timeout` seconds.
+
+    Checked before a download so that a machine with no network fails at once
+    instead of after the hub client's retries (about a minute). Honours
+    ``HF_ENDPOINT``; ``HF_HUB_OFFLINE=1`` means unreachable.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def build_model(
     name: str, num_classes: int | None, weights: str = "auto", img_size: int | None = None,
 ) -> tuple[nn.Module, WeightsSource]:
@@ -384,6 +405,12 @@ def build_model(
         raise WeightsError(
             f"no pretrained weights are known for '{name}'. Choose random initialisation explicitly "
             "(weights='none'), give a weights file, or pick a backbone with pretrained weights."
+        )
+    if src.kind == "download" and not hub_reachable():
+        raise WeightsError(
+            f"pretrained weights for '{name}' must be downloaded from the Hugging Face hub ({src.location}), but "
+            "huggingface.co cannot be reached from this machine. Pick tf_efficientnet_lite0/1/2 (packaged "
+            "weights), give a local weights file, or choose random initialisation explicitly."
         )
     try:
         if src.kind in ("hf_cache", "download"):

@@ -315,3 +315,14 @@ def test_unreadable_weights_file_gives_one_line(tmp_path):
     with pytest.raises(WeightsError) as e:
         load_weights_file(timm.create_model("test_resnet", pretrained=False), tmp_path / "empty.pth")
     assert "cannot read weights file" in str(e.value) and "\n" not in str(e.value) and "\x1b" not in str(e.value)
+
+
+def test_download_with_no_hub_fails_at_once_and_never_trains_random(monkeypatch):
+    from ftcore import backbones
+    from ftcore.errors import WeightsError
+
+    monkeypatch.setattr(backbones, "resolve_weights", lambda name, weights="auto": backbones.WeightsSource(
+        "download", "timm/resnet18.a1_in1k"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match=r"cannot be reached from this machine.*random initialisation explicitly"):
+        backbones.build_model("resnet18", 3)
