@@ -141,15 +141,19 @@ def test_decode_grey_and_transparent(tmp_path):
     assert decode_image(t)[0, 0].tolist() == [255, 255, 255], "transparent pixels composite on white"
 
 
-def test_decode_exif_rotation_upright(tmp_path):
-    # 20 wide x 10 high, left half red, right half blue; EXIF orientation 6 = rotate 90 degrees clockwise.
-    im = Image.new("RGB", (20, 10), (0, 0, 255))
-    im.paste((255, 0, 0), (0, 0, 10, 10))
+def _rotated_jpeg(path: Path, width: int, height: int) -> Path:
+    """A JPEG, left half red and right half blue, tagged EXIF orientation 6 (turn 90 degrees clockwise)."""
+    im = Image.new("RGB", (width, height), (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, width // 2, height))
     exif = Image.Exif()
     exif[0x0112] = 6
-    p = tmp_path / "rot.jpg"
-    im.save(p, exif=exif.tobytes(), quality=95)
-    a = decode_image(p)
+    im.save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+def test_decode_exif_rotation_upright(tmp_path):
+    # 20 wide x 10 high, left half red, right half blue; EXIF orientation 6 = rotate 90 degrees clockwise.
+    a = decode_image(_rotated_jpeg(tmp_path / "rot.jpg", 20, 10))
     assert a.shape == (20, 10, 3), "displayed upright: 10 wide, 20 high"
     top, bottom = a[2, 5].astype(int), a[17, 5].astype(int)
     assert top[0] > 200 and top[2] < 60, "the left (red) half is on top after a clockwise turn"
@@ -167,13 +171,7 @@ def test_decode_large_jpeg_downscaled(tmp_path, mode, colour, expected):
 
 
 def test_decode_large_rotated_jpeg_downscaled(tmp_path):
-    im = Image.new("RGB", (400, 300), (0, 0, 255))
-    im.paste((255, 0, 0), (0, 0, 200, 300))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    p = tmp_path / "rot.jpg"
-    im.save(p, exif=exif.tobytes(), quality=95)
-    a = decode_image(p, max_short_side=30)
+    a = decode_image(_rotated_jpeg(tmp_path / "rot.jpg", 400, 300), max_short_side=30)
     assert a.shape[1] == 30 and abs(a.shape[0] - 40) <= 1
     assert a[2, 15, 0] > 200 and a[-3, 15, 2] > 200
 
