@@ -145,6 +145,7 @@ class RunStore:
         try:
             (self.root / "runs").mkdir(parents=True, exist_ok=True)
             with self._connect() as con:
+                con.execute("PRAGMA journal_mode=WAL")  # persistent in the database file: set once
                 con.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise RunStoreError(f"cannot use run store {self.root}: {e}; set FTCORE_HOME to a writable folder.") from e
@@ -157,7 +158,6 @@ class RunStore:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         con = sqlite3.connect(self.db_path, timeout=30)
         try:
-            con.execute("PRAGMA journal_mode=WAL")
             con.row_factory = sqlite3.Row
             with con:
                 yield con

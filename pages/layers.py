@@ -7,7 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from ftcore.errors import FtcoreError
-from ftcore.layers import HEAD, describe_layer_groups
+from ftcore.layers import HEAD, describe_layer_groups, trainable_group_names
 from pages.common import fmt_params, halt, init_state
 
 init_state()
@@ -38,16 +38,11 @@ body = [g.name for g in groups if g.name != HEAD]
 
 
 def _ticked_from_spec(spec: str) -> set[str]:
-    if spec == "all":
+    """Body groups the saved unfreeze choice trains (ftcore's own reading of it); all if it no longer fits."""
+    try:
+        return set(trainable_group_names(groups, spec)) - {HEAD}
+    except FtcoreError:
         return set(body)
-    if spec == "head":
-        return set()
-    if spec.startswith("last:"):
-        n = int(spec[5:])
-        return set(body[-n:])
-    if spec.startswith("groups:"):
-        return {g for g in spec[7:].split(",") if g in body}
-    return set(body)
 
 
 def _set_ticks(ticked: set[str]) -> None:
