@@ -310,21 +310,21 @@ def _find_split_dirs(root: Path) -> tuple[Path, Path] | None:
 
 
 def _decode_all(
-    files: Sequence[str], labels: Sequence[int], short_side: int | None,
-    problems: list[Problem], progress: Callable[[int, int], None] | None, offset: int, total: int,
+    files: Sequence[str], labels: Sequence[int], short_side: int | None, problems: list[Problem],
+    progress: Callable[[int, int], None] | None, cache_dir: str | Path | None,
 ) -> tuple[list[np.ndarray], list[int], list[str]]:
+    from .cache import decode_files
+
+    items, _ = decode_files(files, short_side, decode_image, cache_dir, progress)
     imgs, ys, kept = [], [], []
-    for i, (f, y) in enumerate(zip(files, labels)):
-        try:
-            imgs.append(decode_image(f, short_side))
-            ys.append(y)
-            kept.append(f)
-        except DatasetError as e:
-            reason = str(e.__cause__ or e)
-            problems.append(Problem(f, "unreadable", f"cannot be decoded as an image: {reason}", "skipped"))
-            log.warning("skipping unreadable image %s: %s", f, reason)
-        if progress is not None:
-            progress(offset + i + 1, total)
+    for f, y, item in zip(files, labels, items):
+        if isinstance(item, str):
+            problems.append(Problem(f, "unreadable", f"cannot be decoded as an image: {item}", "skipped"))
+            log.warning("skipping unreadable image %s: %s", f, item)
+            continue
+        imgs.append(item)
+        ys.append(y)
+        kept.append(f)
     return imgs, ys, kept
 
 
@@ -345,6 +345,7 @@ def prepare_split(
     seed: int = 0,
     short_side: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> DatasetSplit:
     """Scan, decode once and split the images of a run.
 
@@ -359,6 +360,9 @@ def prepare_split(
         upscaled); None keeps full size.
     progress : callable or None
         Called as ``progress(done, total)`` after each decoded file.
+    cache_dir : str, pathlib.Path or None, default None
+        Folder of the decoded-image cache (:func:`ftcore.cache.decode_files`);
+        None decodes without caching.
 
     Returns
     -------
@@ -373,12 +377,19 @@ def prepare_split(
     root = Path(data.train_dir).expanduser()
     train_scan, val_scan, layout = scan_layout(data)
     problems: list[Problem] = list(train_scan.problems) + (list(val_scan.problems) if val_scan else [])
-    total = len(train_scan.files) + (len(val_scan.files) if val_scan else 0)
     names = train_scan.class_names
-    tr_img, tr_y, tr_f = _decode_all(train_scan.files, train_scan.labels, short_side, problems, progress, 0, total)
+    n_tr = len(train_scan.files)
+    all_img, all_y, all_f = _decode_all(train_scan.files + (val_scan.files if val_scan else []),
+                                        train_scan.labels + (val_scan.labels if val_scan else []),
+                                        short_side, problems, progress, cache_dir)
+    is_train = set(train_scan.files[:n_tr])
+    tr_img = [a for a, f in zip(all_img, all_f) if f in is_train]
+    tr_y = [y for y, f in zip(all_y, all_f) if f in is_train]
+    tr_f = [f for f in all_f if f in is_train]
     if val_scan is not None:
-        va_img, va_y, va_f = _decode_all(val_scan.files, val_scan.labels, short_side, problems,
-                                         progress, len(train_scan.files), total)
+        va_img = [a for a, f in zip(all_img, all_f) if f not in is_train]
+        va_y = [y for y, f in zip(all_y, all_f) if f not in is_train]
+        va_f = [f for f in all_f if f not in is_train]
         _check_counts(names, tr_y, "training", str(train_scan.root), 1)
         missing = [names[i] for i in range(len(names)) if i not in set(va_y)]
         if missing:

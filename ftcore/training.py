@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
 
 from .backbones import build_model
 from .config import RunConfig, TrainConfig
@@ -25,9 +26,10 @@ from .data import ArrayImageDataset, DatasetSplit, build_transforms, prepare_spl
 from .errors import TrainingError
 from .layers import apply_freeze, classifier_modules, layer_groups, set_train_mode, trainable_group_names
 from .metrics import macro_recall
+from .prefix import compute_features, cut_applied, feature_bytes, find_prefix_cut
 
 __all__ = ["StepEvent", "EpochEvent", "FitResult", "fit", "run_experiment", "pick_device", "Cancelled",
-           "step_cost_factor"]
+           "step_cost_factor", "set_threads", "feature_cache_limit_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +128,23 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: DataLoader, device: torch.device, should_stop: Callable[[], bool] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None, channels_last: bool = False,
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray] | None:
     """Evaluate a model in eval mode with deterministic inputs.
+
+    `forward` (default: the model itself) maps a batch to logits, e.g. a
+    cut model's ``run`` (:func:`ftcore.prefix.cut_applied`) for batches of
+    cached activations; `channels_last` converts 4-d batches to that layout.
 
     Returns
     -------
@@ -145,8 +159,8 @@ def evaluate(
     for x, y in loader:
         if should_stop is not None and should_stop():
             return None
-        x, y = x.to(device), y.to(device)
-        out = model(x).float()
+        x, y = _to_device(x, device, channels_last), y.to(device)
+        out = (forward or model)(x).float()
         losses.append(nn.functional.cross_entropy(out, y, reduction="sum").item())
         n += y.numel()
         ys.append(y.cpu())
@@ -166,6 +180,8 @@ def fit(
     on_step: Callable[[StepEvent], None] | None = None,
     on_epoch: Callable[[EpochEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels_last: bool = False,
 ) -> FitResult:
     """Train the trainable parameters of `model` with AdamW and a cosine schedule.
 
@@ -189,6 +205,13 @@ def fit(
     should_stop : callable or None
         Polled before every batch; when it returns True the loop ends and the
         result has ``cancelled=True``.
+    forward : callable or None, default None
+        Maps a batch to logits; None calls `model`. With a frozen prefix
+        computed once, the loaders yield cached activations and this is the
+        cut model's ``run`` (:func:`ftcore.prefix.cut_applied`).
+    channels_last : bool, default False
+        Convert 4-d batches to the ``channels_last`` memory layout (the model
+        must be converted by the caller).
 
     Returns
     -------
@@ -222,8 +245,8 @@ def fit(
                 result.cancelled = True
                 break
             tb = time.perf_counter()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            out = model(x)
+            x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
+            out = (forward or model)(x)
             loss = nn.functional.cross_entropy(out, y)
             lr = opt.param_groups[0]["lr"]
             if not torch.isfinite(loss):
@@ -247,7 +270,7 @@ def fit(
             break
         yt = torch.cat(ys).numpy()
         yp = torch.cat(preds).numpy()
-        evaluated = evaluate(model, val_loader, device, should_stop)
+        evaluated = evaluate(model, val_loader, device, should_stop, forward, channels_last)
         if evaluated is None:
             result.cancelled = True
             break
@@ -315,6 +338,93 @@ def step_cost_factor(groups: list, trainable: tuple[str, ...]) -> float:
     return 1.0 + 2.0 * sum(g.n_params for g in body[first:]) / total
 
 
+def set_threads(num_workers: int = 0) -> int:
+    """Give PyTorch's intra-op pool the cores that data-loader workers leave free.
+
+    Parameters
+    ----------
+    num_workers : int, default 0
+        Data-loader worker processes that will decode images at the same time
+        (each runs one thread; PyTorch sets that in its workers).
+
+    Returns
+    -------
+    int
+        Threads now used by PyTorch: the cores this process may run on
+        (``os.sched_getaffinity``) minus `num_workers`, at least 1.
+    """
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    n = max(1, cores - num_workers)
+    torch.set_num_threads(n)
+    return n
+
+
+def feature_cache_limit_bytes() -> int:
+    """Most memory the cached activations of one model may take (``FTCORE_FEATURE_CACHE_MAX_GB``, default 2 GB)."""
+    import os
+
+    try:
+        return int(float(os.environ.get("FTCORE_FEATURE_CACHE_MAX_GB", "2")) * 1e9)
+    except ValueError:
+        return int(2e9)
+
+
+def _prefix_inputs(model, split: DatasetSplit, val_tf, tc: TrainConfig, device, tl: DataLoader, vl: DataLoader,
+                   channels_last: bool, say: Callable[[str], None], stop: Callable[[], bool]):
+    """Decide on the frozen-prefix path; return (cut or None, train loader, val loader, info for the run)."""
+    if not tc.feature_cache:
+        return None, tl, vl, {"used": False, "reason": "turned off in the settings"}
+    n = len(split.train_images) + len(split.val_images)
+    example = torch.stack([val_tf(Image.fromarray(a)) for a in split.train_images[:4]]).to(device)
+    if channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    cut = find_prefix_cut(model, example)
+    if cut is None:
+        return None, tl, vl, {"used": False, "reason": "the first layer group learns (nothing frozen to compute once)"
+                              if _first_module_trains(model) else "no verified cut point in this architecture"}
+    need = feature_bytes(cut, n)
+    limit = feature_cache_limit_bytes()
+    if need > limit:
+        return None, tl, vl, {"used": False, "reason": f"the activations at {cut.entry} would take "
+                              f"{need / 1e9:.1f} GB (limit {limit / 1e9:.1f} GB, FTCORE_FEATURE_CACHE_MAX_GB)"}
+
+    def batches(images):
+        loader = DataLoader(ArrayImageDataset(images, np.zeros(len(images), np.int64), val_tf), batch_size=64,
+                            num_workers=tc.num_workers)
+        done = 0
+        for x, _ in loader:
+            done += len(x)
+            if done % 640 < 64 or done == len(images):
+                say(f"computing the frozen layers once: {done}/{len(images)} images")
+            yield _to_device(x, device, channels_last)
+
+    t0 = time.perf_counter()
+    train_feats = compute_features(model, cut, batches(split.train_images), stop)
+    val_feats = compute_features(model, cut, batches(split.val_images), stop) if train_feats is not None else None
+    if val_feats is None:
+        raise Cancelled()
+    seconds = time.perf_counter() - t0
+    bs = tl.batch_size
+    g = torch.Generator().manual_seed(tc.seed)
+    mtl = DataLoader(TensorDataset(train_feats, torch.as_tensor(split.train_labels)), batch_size=bs, shuffle=True,
+                     drop_last=tl.drop_last, generator=g)
+    mvl = DataLoader(TensorDataset(val_feats, torch.as_tensor(split.val_labels)), batch_size=vl.batch_size)
+    info = {"used": True, "entry": cut.entry, "feature_shape": list(cut.feature_shape),
+            "megabytes": round(need / 1e6, 1), "prefix_param_share": round(cut.prefix_share, 4),
+            "seconds": round(seconds, 2)}
+    return cut, mtl, mvl, info
+
+
+def _first_module_trains(model: nn.Module) -> bool:
+    first = next((p for p in model.parameters()), None)
+    return first is not None and first.requires_grad
+
+
 def _seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's generators (timm's transforms draw from ``random``)."""
     import random
@@ -368,6 +478,7 @@ def run_experiment(
     try:
         store.update(run_id, status="running", phase="preparing", message="building the backbone")
         device = pick_device()
+        threads = set_threads(tc.num_workers)
         # Build once to learn transforms; class count is set after the scan.
         probe, src = build_model(config.backbone.name, 2, config.backbone.weights, tc.img_size)
         train_tf, val_tf, short = build_transforms(probe, tc.img_size)
@@ -380,10 +491,11 @@ def run_experiment(
                 store.update(run_id, message=f"reading images: {done}/{total}")
 
         store.update(run_id, phase="preparing", message="reading images")
-        split = prepare_split(config.data, seed=tc.seed, short_side=short, progress=progress)
+        split = prepare_split(config.data, seed=tc.seed, short_side=short, progress=progress,
+                              cache_dir=store.root / "cache" / "decoded")
         n_classes = len(split.class_names)
         store.merge_info(
-            run_id, device=str(device), weights=src.describe(), weights_kind=src.kind,
+            run_id, device=str(device), threads=threads, weights=src.describe(), weights_kind=src.kind,
             class_names=split.class_names, layout=split.layout, counts=split.counts(),
             skipped=[p.__dict__ for p in split.problems if p.kind in ("unreadable", "not_image")],
             empty_classes=[p.path for p in split.problems if p.kind == "empty_class"],
@@ -402,6 +514,7 @@ def run_experiment(
         for i_model, model_name in enumerate(plan):
             _seed_everything(tc.seed)  # same head initialisation and augmentation stream for both models
             model, _ = build_model(config.backbone.name, n_classes, config.backbone.weights, tc.img_size)
+            channels_last = tc.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
             groups = layer_groups(model)
             unfreeze = "head" if model_name == "baseline" else config.freeze.unfreeze
             trainable = trainable_group_names(groups, unfreeze)
@@ -413,6 +526,12 @@ def run_experiment(
                                         f"{model_name}_trainable_params": freeze.n_trainable,
                                         f"{model_name}_frozen_params": freeze.n_frozen})
             model.to(device)
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
+            cut, mtl, mvl, prefix_info = _prefix_inputs(model, split, val_tf, tc, device, tl, vl, channels_last,
+                                                        lambda msg, m=model_name: store.update(
+                                                            run_id, phase=m, message=f"{m}: {msg}"), stop)
+            store.merge_info(run_id, **{f"{model_name}_prefix": prefix_info})
             store.update(run_id, phase=model_name, message=f"training the {model_name} model")
             base = done_steps
 
@@ -436,7 +555,13 @@ def run_experiment(
                 if on_event:
                     on_event(ev)
 
-            res = fit(model, tl, vl, tc, model_name, device, on_step, on_epoch, stop)
+            if cut is None:
+                res = fit(model, mtl, mvl, tc, model_name, device, on_step, on_epoch, stop,
+                          channels_last=channels_last)
+            else:
+                with cut_applied(model, cut) as run:
+                    res = fit(model, mtl, mvl, tc, model_name, device, on_step, on_epoch, stop, forward=run,
+                              channels_last=channels_last)
             done_steps += steps_per_model
             if res.val_pred is not None:
                 store.save_predictions(run_id, model_name, res.val_true, res.val_pred, res.val_probs, split.val_files)
