@@ -75,8 +75,9 @@ class EpochEvent:
 
     Accuracies and recalls are fractions in [0, 1]; losses are mean
     cross-entropy per image; ``seconds`` is the epoch's wall time including
-    validation; ``images_per_second`` counts training images over the
-    training part only.
+    validation; ``images_per_second`` counts training images seen so far
+    in this model's training over the time of its training steps, reading
+    and augmenting the batches included (validation excluded).
     """
 
     model: str
@@ -240,11 +241,11 @@ def fit(
         te = time.perf_counter()
         set_train_mode(model, train.update_bn)
         loss_sum, ys, preds = 0.0, [], []
+        tb = time.perf_counter()  # training time counts reading and augmenting the batch too
         for x, y in train_loader:
             if should_stop is not None and should_stop():
                 result.cancelled = True
                 break
-            tb = time.perf_counter()
             x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
             out = (forward or model)(x)
             loss = nn.functional.cross_entropy(out, y)
@@ -259,13 +260,14 @@ def fit(
             opt.step()
             sched.step()
             step += 1
-            train_seconds += time.perf_counter() - tb
             n_seen += y.numel()
             loss_sum += loss.item() * y.numel()
             ys.append(y.detach().cpu())
             preds.append(out.detach().argmax(1).cpu())
+            train_seconds += time.perf_counter() - tb
             if on_step is not None:
                 on_step(StepEvent(name, epoch, step, total, float(loss.item()), float(lr), time.perf_counter() - t0))
+            tb = time.perf_counter()
         if result.cancelled:
             break
         yt = torch.cat(ys).numpy()
@@ -351,10 +353,13 @@ def set_threads(num_workers: int = 0) -> int:
     -------
     int
         Threads now used by PyTorch: the cores this process may run on
-        (``os.sched_getaffinity``) minus `num_workers`, at least 1.
+        (``os.sched_getaffinity``) minus `num_workers`, at least 1; when the
+        environment sets ``OMP_NUM_THREADS``, that choice is kept instead.
     """
     import os
 
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
