@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{re_ / pe:7.1f}x | {rm:7.0f} | {pm:9.0f} | {ra:7.3f} | {pa:10.3f}")
             prefix = runs["product"][0].get("prefix") or {}
             print(f"{'':14s}   frozen prefix computed once: "
-                  + (f"yes, up to {prefix.get('entry')} ({prefix.get('megabytes')} MB)" if prefix.get("used")
+                  + (f"yes, up to {prefix.get('entry')} ({prefix.get('bytes', 0) / 1e6:.1f} MB)" if prefix.get("used")
                      else f"no ({prefix.get('reason')})"))
         print("\nimg/s: training images per second in epochs after the first (reading batches included); "
               "s/ep: wall seconds per epoch after the first (validation included); medians over repeats.")

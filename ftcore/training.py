@@ -420,7 +420,7 @@ def _prefix_inputs(model, split: DatasetSplit, val_tf, tc: TrainConfig, device, 
                      drop_last=tl.drop_last, generator=g)
     mvl = DataLoader(TensorDataset(val_feats, torch.as_tensor(split.val_labels)), batch_size=vl.batch_size)
     info = {"used": True, "entry": cut.entry, "feature_shape": list(cut.feature_shape),
-            "megabytes": round(need / 1e6, 1), "prefix_param_share": round(cut.prefix_share, 4),
+            "bytes": need, "prefix_param_share": round(cut.prefix_share, 4),
             "seconds": round(seconds, 2)}
     return cut, mtl, mvl, info
 
