@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
     t.add_argument("--no-baseline", action="store_true", help="skip the frozen baseline")
+    t.add_argument("--no-feature-cache", action="store_true",
+                   help="run every layer each epoch instead of computing the frozen layers once (keeps fresh "
+                        "augmentation before the first unfrozen group; slower)")
     t.add_argument("--store", default=None, help="run store folder (default $FTCORE_HOME or ~/.ftcore)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     w = sub.add_parser("worker", help=argparse.SUPPRESS)
@@ -91,7 +94,8 @@ def _train(args: argparse.Namespace) -> int:
             train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                               backbone_lr_scale=args.backbone_lr_scale, img_size=args.img_size,
                               update_bn=args.update_bn,
-                              baseline=not args.no_baseline, seed=args.seed, num_workers=args.workers),
+                              baseline=not args.no_baseline, seed=args.seed, num_workers=args.workers,
+                              feature_cache=not args.no_feature_cache),
         )
         from .backbones import resolve_weights
         from .data import scan_layout

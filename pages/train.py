@@ -77,6 +77,12 @@ with st.container(border=True):
             "Let BatchNorm in unfrozen groups update its running statistics", value=False,
             help="Off: the pretrained statistics are kept, which is steadier on small data sets. Frozen groups "
                  "never change.")
+        feature_cache = st.checkbox(
+            "Compute the frozen layers once (much faster)", value=True,
+            help="The frozen layers before the first unfrozen group give the same output every epoch, so each "
+                 "image's output is computed once and training runs only the layers that learn. What it gives "
+                 "up: random crops, flips and colour changes no longer vary between epochs, because they come "
+                 "before those layers. Turn off to train with fresh augmentation every epoch.")
     st.session_state.update(epochs=int(epochs), batch_size=int(batch), lr=float(lr), img_size=int(img))
     if not ready:
         st.info("Choose the images in step 3 first.")
@@ -94,7 +100,8 @@ if start:
             freeze=FreezeConfig(st.session_state["unfreeze"]),
             data=DataConfig(st.session_state["data_dir"], st.session_state["val_dir"], st.session_state["val_fraction"]),
             train=TrainConfig(epochs=int(epochs), batch_size=int(batch), lr=float(lr), img_size=int(img),
-                              baseline=baseline, backbone_lr_scale=float(lr_scale), update_bn=bool(update_bn)),
+                              baseline=baseline, backbone_lr_scale=float(lr_scale), update_bn=bool(update_bn),
+                              feature_cache=bool(feature_cache)),
         )
         resolve_weights(cfg.backbone.name, cfg.backbone.weights)  # refuse a missing weights file now
         run_id = start_run(cfg, store)
@@ -139,6 +146,14 @@ def live(run_id: str) -> None:
     if rec.info.get("device"):
         st.caption(f"Device: {rec.info['device']} · weights: {rec.info.get('weights', '')} · classes: "
                    f"{len(rec.info.get('class_names', []))}")
+    for model in ("baseline", "finetuned"):
+        pre = rec.info.get(f"{model}_prefix")
+        if pre and pre.get("used"):
+            st.caption(f"{NAMES[model].capitalize()}: the frozen layers up to `{pre['entry']}` were computed once "
+                       f"({pre['bytes'] / 1e6:.1f} MB, {pre['seconds']:.1f} s); only the layers from there on run "
+                       "each epoch, and augmentation before them does not vary between epochs.")
+        elif pre:
+            st.caption(f"{NAMES[model].capitalize()}: every layer runs each epoch ({pre['reason']}).")
     skipped = rec.info.get("skipped") or []
     if skipped:
         with st.expander(f"{len(skipped)} files were left out"):
