@@ -8,6 +8,7 @@ store. Nothing here knows about Streamlit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from .backbones import build_model
 from .config import RunConfig, TrainConfig
 from .data import ArrayImageDataset, DatasetSplit, build_transforms, prepare_split
 from .errors import TrainingError
+from .fold import bn_folded
 from .layers import apply_freeze, classifier_modules, layer_groups, set_train_mode, trainable_group_names
 from .metrics import macro_recall
 from .prefix import compute_features, cut_applied, feature_bytes, find_prefix_cut
@@ -379,15 +381,13 @@ def feature_cache_limit_bytes() -> int:
         return int(2e9)
 
 
-def _prefix_inputs(model, split: DatasetSplit, val_tf, tc: TrainConfig, device, tl: DataLoader, vl: DataLoader,
-                   channels_last: bool, say: Callable[[str], None], stop: Callable[[], bool]):
+def _prefix_inputs(model, example: torch.Tensor, split: DatasetSplit, val_tf, tc: TrainConfig, device,
+                   tl: DataLoader, vl: DataLoader, channels_last: bool, say: Callable[[str], None],
+                   stop: Callable[[], bool]):
     """Decide on the frozen-prefix path; return (cut or None, train loader, val loader, info for the run)."""
     if not tc.feature_cache:
         return None, tl, vl, {"used": False, "reason": "turned off in the settings"}
     n = len(split.train_images) + len(split.val_images)
-    example = torch.stack([val_tf(Image.fromarray(a)) for a in split.train_images[:4]]).to(device)
-    if channels_last:
-        example = example.contiguous(memory_format=torch.channels_last)
     cut = find_prefix_cut(model, example)
     if cut is None:
         return None, tl, vl, {"used": False, "reason": "the first layer group learns (nothing frozen to compute once)"
@@ -533,40 +533,43 @@ def run_experiment(
             model.to(device)
             if channels_last:
                 model.to(memory_format=torch.channels_last)
-            cut, mtl, mvl, prefix_info = _prefix_inputs(model, split, val_tf, tc, device, tl, vl, channels_last,
-                                                        lambda msg, m=model_name: store.update(
-                                                            run_id, phase=m, message=f"{m}: {msg}"), stop)
-            store.merge_info(run_id, **{f"{model_name}_prefix": prefix_info})
-            store.update(run_id, phase=model_name, message=f"training the {model_name} model")
-            base = done_steps
+            example = torch.stack([val_tf(Image.fromarray(a)) for a in split.train_images[:4]]).to(device)
+            if channels_last:
+                example = example.contiguous(memory_format=torch.channels_last)
+            # Fixed-statistics BatchNorm folded into its convolution and the frozen prefix computed once:
+            # both undone when the block ends, so the saved weights keep their usual names.
+            with contextlib.ExitStack() as paths:
+                n_folded = paths.enter_context(bn_folded(model, example, tc.update_bn))
+                cut, mtl, mvl, prefix_info = _prefix_inputs(model, example, split, val_tf, tc, device, tl, vl,
+                                                            channels_last, lambda msg, m=model_name: store.update(
+                                                                run_id, phase=m, message=f"{m}: {msg}"), stop)
+                store.merge_info(run_id, **{f"{model_name}_prefix": prefix_info, f"{model_name}_folded_bn": n_folded})
+                store.update(run_id, phase=model_name, message=f"training the {model_name} model")
+                base = done_steps
 
-            def on_step(ev: StepEvent, base: int = base, steps_after: int = steps_after) -> None:
-                now = time.perf_counter()
-                s = base + ev.step
-                if now - last_write[0] > 0.5 or ev.step == ev.total_steps:
-                    rate = ev.seconds / ev.step  # this model's seconds per step, validation included
-                    eta = rate * (ev.total_steps - ev.step) + rate * later_factor * steps_after
-                    store.update(run_id, step=s, eta_seconds=eta,
-                                 message=f"{ev.model}: epoch {ev.epoch}/{tc.epochs}, step {ev.step} of "
-                                         f"{ev.total_steps} (all epochs), loss {ev.loss:.3f}")
-                    last_write[0] = now
-                if on_event:
-                    on_event(ev)
+                def on_step(ev: StepEvent, base: int = base, steps_after: int = steps_after) -> None:
+                    now = time.perf_counter()
+                    s = base + ev.step
+                    if now - last_write[0] > 0.5 or ev.step == ev.total_steps:
+                        rate = ev.seconds / ev.step  # this model's seconds per step, validation included
+                        eta = rate * (ev.total_steps - ev.step) + rate * later_factor * steps_after
+                        store.update(run_id, step=s, eta_seconds=eta,
+                                     message=f"{ev.model}: epoch {ev.epoch}/{tc.epochs}, step {ev.step} of "
+                                             f"{ev.total_steps} (all epochs), loss {ev.loss:.3f}")
+                        last_write[0] = now
+                    if on_event:
+                        on_event(ev)
 
-            def on_epoch(ev: EpochEvent) -> None:
-                store.add_epoch(run_id, ev.model, ev.epoch, **{k: getattr(ev, k) for k in (
-                    "train_loss", "train_accuracy", "train_macro_recall", "val_loss", "val_accuracy",
-                    "val_macro_recall", "seconds", "images_per_second")})
-                if on_event:
-                    on_event(ev)
+                def on_epoch(ev: EpochEvent) -> None:
+                    store.add_epoch(run_id, ev.model, ev.epoch, **{k: getattr(ev, k) for k in (
+                        "train_loss", "train_accuracy", "train_macro_recall", "val_loss", "val_accuracy",
+                        "val_macro_recall", "seconds", "images_per_second")})
+                    if on_event:
+                        on_event(ev)
 
-            if cut is None:
-                res = fit(model, mtl, mvl, tc, model_name, device, on_step, on_epoch, stop,
+                forward = paths.enter_context(cut_applied(model, cut)) if cut is not None else None
+                res = fit(model, mtl, mvl, tc, model_name, device, on_step, on_epoch, stop, forward=forward,
                           channels_last=channels_last)
-            else:
-                with cut_applied(model, cut) as run:
-                    res = fit(model, mtl, mvl, tc, model_name, device, on_step, on_epoch, stop, forward=run,
-                              channels_last=channels_last)
             done_steps += steps_per_model
             if res.val_pred is not None:
                 store.save_predictions(run_id, model_name, res.val_true, res.val_pred, res.val_probs, split.val_files)
