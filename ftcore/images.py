@@ -56,6 +56,8 @@ BACKGROUND = (255, 255, 255)
 MAX_FILE_BYTES = 256 * 1024**2
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"II*\x00", "TIFF"),
+          (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
 
 
 class ImageDecodeError(DatasetError):
@@ -64,8 +66,8 @@ class ImageDecodeError(DatasetError):
     Attributes
     ----------
     kind : str
-        ``"empty_file"``, ``"not_image"``, ``"unreadable"`` (truncated or
-        corrupt), ``"unsupported"`` (no decoder for the format) or
+        ``"not_image"``, ``"unreadable"`` (empty, truncated or corrupt),
+        ``"unsupported"`` (no decoder for the format) or
         ``"huge_image"`` (over the decompression-bomb limit).
     reason : str
         Why, without the file name.
@@ -127,7 +129,7 @@ def decode_bytes(data: bytes, name: str = "image", max_short_side: int | None = 
         With ``kind`` saying why (see :class:`ImageDecodeError`).
     """
     if not data:
-        raise ImageDecodeError("empty_file", name, "the file is empty (0 bytes)")
+        raise ImageDecodeError("unreadable", name, "the file is empty (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -156,6 +158,9 @@ def _unidentified(data: bytes, name: str) -> ImageDecodeError:
     if brand in _AVIF_BRANDS:
         return ImageDecodeError("unsupported", name, "AVIF image, and this Pillow has no AVIF decoder; install "
                                 "Pillow 11.2 or later, or convert it to JPEG")
+    fmt = next((f for magic, f in _MAGIC if data.startswith(magic)), None)
+    if fmt:
+        return ImageDecodeError("unreadable", name, f"it starts like a {fmt} file but its header is corrupt")
     suffix = Path(name).suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return ImageDecodeError("not_image", name, f"the name ends in '{suffix}' but the content is no image format "

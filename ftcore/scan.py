@@ -47,7 +47,7 @@ class Problem:
     kind : str
         What is wrong: ``ignored``, ``not_in_class``, ``empty_class``,
         ``nested``, ``link``, ``outside_roots``, ``unused_split``,
-        ``wrapper_folder``, ``empty_file``, ``not_image``, ``unreadable``,
+        ``wrapper_folder``, ``not_image``, ``unreadable``,
         ``unsupported``, ``huge_image``, ``converted``, ``misnamed``,
         ``duplicate``, ``label_conflict``, ``leakage``, ``images_at_root``,
         ``single_class``, ``too_few``, ``class_mismatch``.

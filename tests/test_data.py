@@ -95,7 +95,7 @@ def test_decode_unreadable_names_file(tmp_path, kind):
     p = _write_bad(tmp_path, kind)
     with pytest.raises(DatasetError, match=rf"cannot read image .*{p.name}: ") as e:
         decode_image(p)
-    assert e.value.kind == {"empty_jpg": "empty_file", "text_png": "not_image", "truncated_png": "unreadable"}[kind]
+    assert e.value.kind == {"empty_jpg": "unreadable", "text_png": "not_image", "truncated_png": "unreadable"}[kind]
 
 
 def _write_bad(folder: Path, kind: str) -> Path:
@@ -247,7 +247,7 @@ def test_unreadable_files_are_named_and_left_out(make_image_folder):
     split = prepare_split(DataConfig(str(root), None, 0.2), progress=lambda d, t: seen.append((d, t)))
     unreadable = [p for p in split.problems if p.action == "skipped"]
     assert sorted(Path(p.path).name for p in unreadable) == sorted(b.name for b in bad)
-    assert {p.kind for p in unreadable} == {"empty_file", "not_image", "unreadable"}
+    assert {p.kind for p in unreadable} == {"not_image", "unreadable"}
     used = set(split.train_files) | set(split.val_files)
     assert len(used) == 10 and not used & {str(b) for b in bad}
     assert split.counts()["train"]["a"] + split.counts()["val"]["a"] == 5
