@@ -347,7 +347,7 @@ def test_a_single_class_is_refused(tmp_path, store):
     report = audit_dataset(root)
     assert not report.ok
     (p,) = report.refusals()
-    assert p.kind == "single_class" and "at least two classes with usable images; found 1 ('red')" in p.message
+    assert p.kind == "single_class" and "at least two class folders with usable images; found 1 ('red')" in p.message
     with pytest.raises(DatasetError, match="found 1 \\('red'\\)"):
         train(root, store)
 
