@@ -414,7 +414,7 @@ def _summarise(source: str, layout, items: list[AuditItem], problems: list[Probl
     if kind == "images_at_root":
         pass  # the refusal is among the layout's problems
     elif len(names) < 2:
-        found = f"found 1 ('{names[0]}')" if names else "found none"
+        found = f"found 1 ({names[0]})" if names else "found none"
         problems.append(Problem(layout.splits[tr].root, "single_class", f"a classifier needs at least two class folders "
                                 f"with usable images; {found}. Put each class's images in its own sub-folder, e.g. "
                                 f"{Path(layout.splits[tr].root) / 'cats'}/*.jpg and "

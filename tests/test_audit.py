@@ -347,8 +347,8 @@ def test_a_single_class_is_refused(tmp_path, store):
     report = audit_dataset(root)
     assert not report.ok
     (p,) = report.refusals()
-    assert p.kind == "single_class" and "at least two class folders with usable images; found 1 ('red')" in p.message
-    with pytest.raises(DatasetError, match="found 1 \\('red'\\)"):
+    assert p.kind == "single_class" and "at least two class folders with usable images; found 1 (red)" in p.message
+    with pytest.raises(DatasetError, match=r"found 1 \(red\)"):
         train(root, store)
 
 
@@ -398,6 +398,8 @@ def test_imbalance_is_warned_with_the_majority_class_accuracy(tmp_path, store):
     assert "scores 0.86 validation accuracy" in w and "class-balanced loss or sampler" in w
     assert report.ok
     assert not any("imbalanced" in w for w in audit_dataset(folder(tmp_path, {"a": 6, "b": 3}, "even")).warnings)
+    split = split_from_audit(audit_dataset(root, val_fraction=0.25, keep_images=True))
+    assert split.majority_accuracy == pytest.approx(6 / 7) and any("imbalanced" in w for w in split.warnings)
     summary, info, split = train(root, store)
     assert summary["status"] == "finished"
 
