@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from ftcore.config import DataConfig
 from ftcore.audit import audit_dataset
 from ftcore.data import write_demo_dataset
 from ftcore.errors import FtcoreError
