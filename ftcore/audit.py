@@ -248,10 +248,12 @@ def audit_dataset(
     ------
     DatasetError
         If a folder does not exist or cannot be read, the path is outside the
-        data roots, or a zip cannot be extracted.
+        data roots, a zip cannot be extracted, or `val_fraction` is not in (0, 1).
     """
     from .runs import default_store_root
 
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise DatasetError(f"validation fraction {val_fraction!r} is outside (0, 1); use e.g. 0.2.")
     t0 = time.perf_counter()
     store = Path(store_root).expanduser().resolve() if store_root is not None else default_store_root().resolve()
     src = Path(path).expanduser()
