@@ -1,18 +1,25 @@
-"""Decoded-image cache: decode each image once, keep it memory-mapped in the run store.
+"""Decoded-image cache: each image decoded once, kept memory-mapped in the run store.
 
 Decoding a JPEG and resizing it costs more than the random crop and flip a
-training step needs. :func:`decode_files` decodes a list of files once to
-uint8 arrays whose shorter side is a little above the training size, writes
-them into one flat file under ``<store>/cache/decoded/``, and hands back
-read-only views into a memory map of it. A later run on the same files (same
-paths, sizes and modification times) at the same decode size reads the
-arrays from the cache instead of decoding again; any change of a file, of
-the file list or of the size gives a new cache entry.
+training step needs, and hashing a file for the audit means reading it. The
+audit (:func:`ftcore.audit.audit_dataset`) therefore writes what it learns
+about each file (the decoded uint8 array, whose shorter side is a little above
+the training size, and small per-file facts: hashes, format, conversion
+notes, or why the file could not be read) into one entry under
+``<store>/cache/decoded/``:
 
-The cache is bounded: least-recently-used entries are deleted once the total
-exceeds ``FTCORE_CACHE_MAX_GB`` (default 5). Entries are written under a
-temporary name and renamed, so a run killed while writing leaves no partial
-entry.
+- ``<key>.u8``: the arrays, one after the other (read back as views into a
+  read-only ``numpy.memmap``, so that runs share the pages and nothing is
+  copied);
+- ``<key>.json``: per file, its offset and shape and the facts.
+
+The key covers every file's path, size and modification time, the decode
+size and :data:`CACHE_VERSION`; a later audit or run on the same files at
+the same size reads the entry instead of decoding, and any change of a file,
+of the file list or of the size makes a new entry. Entries are written under
+a temporary name and renamed, so a run stopped while writing leaves no
+partial entry, and the cache is bounded: least-recently-used entries go once
+the total exceeds ``FTCORE_CACHE_MAX_GB`` (default 5).
 """
 
 from __future__ import annotations
@@ -23,18 +30,21 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .errors import DatasetError
-
-__all__ = ["decode_files", "cache_key", "cache_limit_bytes", "CACHE_VERSION"]
+__all__ = ["CacheEntryWriter", "load_entry", "cache_key", "cache_limit_bytes", "cache_folder", "CACHE_VERSION"]
 
 log = logging.getLogger(__name__)
 
-#: Bump when decoding changes (it invalidates every entry).
-CACHE_VERSION = 1
+#: Bump when decoding or the stored facts change (it invalidates every entry).
+CACHE_VERSION = 2
+
+
+def cache_folder(store_root: str | Path) -> Path:
+    """The decoded-image cache folder of a run store: ``<store_root>/cache/decoded``."""
+    return Path(store_root) / "cache" / "decoded"
 
 
 def cache_limit_bytes() -> int:
@@ -52,7 +62,7 @@ def cache_key(files: Sequence[str], short_side: int | None) -> str:
     Parameters
     ----------
     files : sequence of str
-        Image files in the order the arrays are wanted.
+        Image files in the order the entry holds them.
     short_side : int or None
         Decode size (shorter side in pixels, None for full size).
 
@@ -72,27 +82,110 @@ def cache_key(files: Sequence[str], short_side: int | None) -> str:
     return h.hexdigest()
 
 
-def _load(folder: Path, key: str) -> tuple[list[np.ndarray | str]] | None:
-    meta_path = folder / f"{key}.json"
-    blob_path = folder / f"{key}.u8"
+def load_entry(folder: str | Path, key: str, n: int) -> list[tuple[np.ndarray | None, dict]] | None:
+    """Read a cache entry: per file, its array (a read-only memmap view, or None) and its facts.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        Cache folder (:func:`cache_folder`).
+    key : str
+        From :func:`cache_key`.
+    n : int
+        Number of files the entry must hold.
+
+    Returns
+    -------
+    list of (numpy.ndarray or None, dict) or None
+        None when there is no such entry or it is damaged (then it is ignored
+        and will be written again).
+    """
+    folder = Path(folder)
+    meta_path, blob_path = folder / f"{key}.json", folder / f"{key}.u8"
     if not meta_path.is_file() or not blob_path.is_file():
         return None
     try:
         meta = json.loads(meta_path.read_text())
+        entries = meta["entries"]
+        if meta.get("version") != CACHE_VERSION or len(entries) != n:
+            return None
         size = blob_path.stat().st_size
         blob = np.memmap(blob_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
-        out: list[np.ndarray | str] = []
-        for entry in meta["entries"]:
-            if isinstance(entry, str):
-                out.append(entry)
-            else:
-                off, h, w = entry
-                out.append(blob[off:off + h * w * 3].reshape(h, w, 3))
+        out: list[tuple[np.ndarray | None, dict]] = []
+        for e in entries:
+            arr = None
+            if e.get("shape") is not None:
+                h, w = e["shape"]
+                off = e["offset"]
+                if off + h * w * 3 > size:
+                    raise ValueError("an array lies beyond the end of the data file")
+                arr = blob[off:off + h * w * 3].reshape(h, w, 3)
+            out.append((arr, e.get("facts", {})))
         os.utime(meta_path)  # mark as recently used
         return out
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("ignoring damaged decoded-image cache entry %s: %s", meta_path, e)
         return None
+
+
+class CacheEntryWriter:
+    """Write a cache entry file by file, then publish it atomically.
+
+    Use as a context manager: ``add()`` for every file in order, then
+    ``commit()``; leaving the block without committing (an error, a cancel)
+    deletes the partial files.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        Cache folder (created).
+    key : str
+        From :func:`cache_key`.
+    """
+
+    def __init__(self, folder: str | Path, key: str) -> None:
+        self.folder = Path(folder)
+        self.key = key
+        tag = f".tmp-{os.getpid()}-{time.monotonic_ns()}"
+        self._blob_tmp = self.folder / f"{key}.u8{tag}"
+        self._meta_tmp = self.folder / f"{key}.json{tag}"
+        self._entries: list[dict] = []
+        self._offset = 0
+        self._fh = None
+
+    def __enter__(self) -> "CacheEntryWriter":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self._blob_tmp, "wb")
+        return self
+
+    def add(self, array: np.ndarray | None, facts: dict) -> None:
+        """Append one file: its decoded uint8 array of shape (h, w, 3) or None, and JSON-serialisable facts."""
+        entry: dict = {"facts": facts}
+        if array is not None:
+            a = np.ascontiguousarray(array, dtype=np.uint8)
+            self._fh.write(a.tobytes())
+            entry.update(offset=self._offset, shape=[int(a.shape[0]), int(a.shape[1])])
+            self._offset += a.size
+        self._entries.append(entry)
+
+    def commit(self) -> None:
+        """Publish the entry under its key and trim the cache to its size limit."""
+        self._fh.close()
+        self._meta_tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": self._entries}))
+        os.replace(self._blob_tmp, self.folder / f"{self.key}.u8")
+        os.replace(self._meta_tmp, self.folder / f"{self.key}.json")
+        _evict(self.folder, self.key, cache_limit_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+        for p in (self._blob_tmp, self._meta_tmp):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # pragma: no cover - a read-only store
+                log.warning("could not remove %s: %s", p, e)
 
 
 def _evict(folder: Path, keep: str, limit: int) -> None:
@@ -116,94 +209,3 @@ def _evict(folder: Path, keep: str, limit: int) -> None:
                 pass
         total -= size
         log.info("evicted decoded-image cache entry %s (%d bytes)", meta.stem, size)
-
-
-def decode_files(
-    files: Sequence[str],
-    short_side: int | None,
-    decode: Callable[[str, int | None], np.ndarray],
-    cache_dir: str | Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[np.ndarray | str], bool]:
-    """Decode image files once, through the on-disk cache when one is given.
-
-    Parameters
-    ----------
-    files : sequence of str
-        Image files.
-    short_side : int or None
-        Passed to `decode` as the largest shorter side in pixels.
-    decode : callable
-        ``decode(path, short_side) -> numpy.ndarray of uint8, shape (h, w, 3)``
-        raising :class:`ftcore.errors.DatasetError` for a file it cannot read
-        (:func:`ftcore.data.decode_image`).
-    cache_dir : str, pathlib.Path or None, default None
-        Folder of cache entries (created); None decodes without caching.
-    progress : callable or None
-        ``progress(done, total)`` after each file (also on a cache hit, once
-        with ``done == total``). It may raise to abandon the work; nothing is
-        written then.
-
-    Returns
-    -------
-    items : list of numpy.ndarray or str
-        Per file, in order: a read-only uint8 array of shape (h, w, 3) (a
-        view into the memory map on a cache hit or after writing), or the
-        reason the file could not be decoded.
-    hit : bool
-        Whether the arrays came from the cache.
-    """
-    total = len(files)
-    folder = Path(cache_dir) if cache_dir is not None else None
-    key = cache_key(files, short_side) if folder is not None else ""
-    if folder is not None:
-        loaded = _load(folder, key)
-        if loaded is not None and len(loaded) == total:
-            log.info("decoded images of %d files from the cache (%s)", total, key[:12])
-            if progress is not None:
-                progress(total, total)
-            return loaded, True
-    items: list[np.ndarray | str] = []
-    for i, f in enumerate(files):
-        try:
-            items.append(decode(f, short_side))
-        except DatasetError as e:
-            items.append(str(e.__cause__ or e))
-        if progress is not None:
-            progress(i + 1, total)
-    if folder is None:
-        return items, False
-    try:
-        return _write(folder, key, items), False
-    except OSError as e:
-        log.warning("could not write the decoded-image cache in %s: %s; continuing without it", folder, e)
-        return items, False
-
-
-def _write(folder: Path, key: str, items: list[np.ndarray | str]) -> list[np.ndarray | str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    entries: list = []
-    off = 0
-    tag = f".tmp-{os.getpid()}-{time.monotonic_ns()}"
-    blob_tmp = folder / f"{key}.u8{tag}"
-    meta_tmp = folder / f"{key}.json{tag}"
-    try:
-        with open(blob_tmp, "wb") as fh:
-            for a in items:
-                if isinstance(a, str):
-                    entries.append(a)
-                    continue
-                a = np.ascontiguousarray(a, dtype=np.uint8)
-                fh.write(a.tobytes())
-                entries.append([off, int(a.shape[0]), int(a.shape[1])])
-                off += a.size
-        meta_tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}))
-        os.replace(blob_tmp, folder / f"{key}.u8")
-        os.replace(meta_tmp, folder / f"{key}.json")
-    finally:
-        for p in (blob_tmp, meta_tmp):
-            if p.exists():
-                p.unlink()
-    _evict(folder, key, cache_limit_bytes())
-    loaded = _load(folder, key)
-    return loaded if loaded is not None else items

@@ -1,7 +1,11 @@
 """Headless runs: ``python -m ftcore train ...`` writes into the same run store as the UI.
 
-Exit status: 0 finished, 1 the run failed (unusable data, weights, training),
-2 bad arguments, 130 cancelled with Ctrl-C.
+``python -m ftcore audit PATH [--json]`` reads every image of a folder or zip
+once and says what training can use (:func:`ftcore.audit.audit_dataset`).
+
+Exit status: 0 finished (audit: training can proceed), 1 the run failed
+(unusable data, weights, training; audit: something is refused), 2 bad
+arguments, 130 cancelled with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -54,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "augmentation before the first unfrozen group; slower)")
     t.add_argument("--store", default=None, help="run store folder (default $FTCORE_HOME or ~/.ftcore)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    a = sub.add_parser("audit", help="read every image of a folder or zip once and say what training can use")
+    a.add_argument("path", help="folder (one sub-folder per class, or train/ and val/) or a .zip of one")
+    a.add_argument("--val", default=None, help="separate validation folder")
+    a.add_argument("--val-fraction", type=float, default=0.2, help="held-out share per class when splitting (default 0.2)")
+    a.add_argument("--store", default=None, help="run store folder a zip is extracted into (default $FTCORE_HOME)")
+    a.add_argument("--json", action="store_true", help="print one JSON object: ok, layout, classes, problems, warnings")
     w = sub.add_parser("worker", help=argparse.SUPPRESS)
     w.add_argument("--store", default=None)
     w.add_argument("run_id")
@@ -155,6 +165,47 @@ def _train(args: argparse.Namespace) -> int:
     return 0 if status == "finished" else 130
 
 
+def _audit(args: argparse.Namespace) -> int:
+    """``python -m ftcore audit``: exit 0 when training can proceed, 1 when not, 2 for bad arguments."""
+    from .audit import audit_dataset
+
+    if not 0.0 < args.val_fraction < 1.0:
+        print(f"python -m ftcore audit: error: --val-fraction {args.val_fraction} is not in (0, 1)", file=sys.stderr)
+        return 2
+    state = {"last": time.monotonic()}
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - state["last"] >= 2 or done == total:
+            state["last"] = now
+            print(f"read {done}/{total} files", file=sys.stderr, flush=True)
+
+    try:
+        report = audit_dataset(args.path, args.val, val_fraction=args.val_fraction, store_root=args.store,
+                               progress=progress)
+    except FtcoreError as e:
+        if args.json:
+            print(json.dumps({"ok": False, "layout": None, "classes": {}, "problems": [
+                {"path": str(args.path), "kind": "unusable", "message": str(e), "action": "refused"}],
+                "warnings": []}, ensure_ascii=False))
+        print(f"python -m ftcore audit: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.to_json(), ensure_ascii=False))
+    else:
+        print(f"{report.root}: layout {report.layout}, {len(report.class_names)} classes, audited in "
+              f"{report.seconds:.1f} s")
+        counts = report.classes if report.split_layout != "class_folders" else {"images": report.classes}
+        for split, cs in counts.items():
+            print(f"  {split}: " + ", ".join(f"{c} {n}" for c, n in cs.items()))
+        for p in report.problems:
+            print(f"  [{p.action}] {p.kind}: {p.path}: {p.message}")
+        for w in report.warnings:
+            print(f"warning: {w}")
+        print("ok: training can proceed" if report.ok else "not ok: fix the refused items above")
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -169,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "train":
         return _train(args)
+    if args.command == "audit":
+        return _audit(args)
     if args.command == "worker":
         from .jobs import run_worker
         from .runs import RunStore

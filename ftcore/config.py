@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+#: Values of :attr:`TrainConfig.class_balance`.
+CLASS_BALANCE = ("none", "loss", "sampler")
 _UNFREEZE_RE = re.compile(r"^(head|all|last:(\d+))$")
 
 
@@ -189,6 +191,11 @@ class TrainConfig:
     channels_last : bool, default True
         Run convolutional models in the ``channels_last`` memory layout
         (faster for oneDNN convolutions on CPUs and for cuDNN on recent GPUs).
+    class_balance : str, default "none"
+        ``"none"``; ``"loss"``: cross-entropy weighted per class by
+        :func:`ftcore.data.class_weights` (scikit-learn's "balanced" weights);
+        ``"sampler"``: batches drawn with every class equally likely
+        (:func:`ftcore.data.balanced_sampler`). For imbalanced classes.
     """
 
     epochs: int = 3
@@ -203,6 +210,7 @@ class TrainConfig:
     num_workers: int = 0
     feature_cache: bool = True
     channels_last: bool = True
+    class_balance: str = "none"
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1, 1000)
@@ -218,6 +226,9 @@ class TrainConfig:
                 f"backbone learning-rate scale {self.backbone_lr_scale!r} is not in (0, 1]; 0.1 is usual, 1 gives "
                 "the backbone the head's rate."
             )
+        if self.class_balance not in CLASS_BALANCE:
+            raise ConfigError(f"class balance {self.class_balance!r} is not one of {', '.join(CLASS_BALANCE)}; use "
+                              "'loss' or 'sampler' when some classes have many more images than others.")
         if not (0.0 <= _as_float(self.weight_decay) < 1.0):
             raise ConfigError(f"weight decay {self.weight_decay!r} is not in [0, 1); a usual value is 0.01.")
 

@@ -497,7 +497,7 @@ def run_experiment(
 
         store.update(run_id, phase="preparing", message="reading images")
         split = prepare_split(config.data, seed=tc.seed, short_side=short, progress=progress,
-                              cache_dir=store.root / "cache" / "decoded")
+                              store_root=store.root)
         n_classes = len(split.class_names)
         store.merge_info(
             run_id, device=str(device), threads=threads, weights=src.describe(), weights_kind=src.kind,

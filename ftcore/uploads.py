@@ -8,6 +8,7 @@ size and count caps are refused.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import secrets
 import shutil
@@ -17,8 +18,9 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from .errors import DatasetError
+from .scan import is_junk
 
-__all__ = ["MAX_UPLOAD_BYTES", "MAX_UPLOAD_FILES", "save_uploaded_files", "extract_zip", "class_root"]
+__all__ = ["MAX_UPLOAD_BYTES", "MAX_UPLOAD_FILES", "save_uploaded_files", "extract_zip", "extract_zip_file", "class_root"]
 
 #: Cap on the unpacked size of one upload, in bytes (2 GiB).
 MAX_UPLOAD_BYTES = 2 * 1024**3
@@ -116,44 +118,98 @@ def extract_zip(data: bytes, store_root: str | Path, name: str = "upload.zip") -
     except zipfile.BadZipFile as e:
         raise DatasetError(f"{name} is not a readable zip archive ({e}); upload a .zip of the image folder.") from e
     with zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-        if len(infos) > MAX_UPLOAD_FILES or sum(i.file_size for i in infos) > MAX_UPLOAD_BYTES:
-            raise DatasetError(
-                f"{name} unpacks to more than {MAX_UPLOAD_FILES} files or {MAX_UPLOAD_BYTES // 1024**2} MiB; "
-                "upload a smaller archive or use a folder on the server."
-            )
+        return class_root(_extract(zf, name, lambda: _new_dest(Path(store_root))))
+
+
+def extract_zip_file(path: str | Path, store_root: str | Path) -> Path:
+    """Extract a zip on the server into ``<store>/datasets/zip-<digest>``, once per content.
+
+    The user's folder is only read. The folder is named by the BLAKE2b digest
+    of the archive, so auditing the same zip again reuses what was extracted
+    (a ``.complete`` marker beside it says the extraction finished).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The archive.
+    store_root : str or pathlib.Path
+        Run store root.
+
+    Returns
+    -------
+    pathlib.Path
+        The extraction folder (not narrowed: the audit says which wrapper
+        folder it goes through).
+
+    Raises
+    ------
+    DatasetError
+        As :func:`extract_zip`, or if the archive cannot be read.
+    """
+    p = Path(path).expanduser()
+    h = hashlib.blake2b(digest_size=8)
+    try:
+        with open(p, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        zf = zipfile.ZipFile(p)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise DatasetError(f"{p} is not a readable zip archive ({e}); give a .zip of the image folder.") from e
+    dest = Path(store_root) / "datasets" / f"zip-{h.hexdigest()}"
+    marker = dest.with_name(dest.name + ".complete")
+    with zf:
+        if marker.exists() and dest.is_dir():
+            return dest
+
+        def fresh() -> Path:
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            return dest
+
+        out = _extract(zf, p.name, fresh)
+    marker.write_text("ok\n")
+    return out
+
+
+def _extract(zf: zipfile.ZipFile, name: str, make_dest) -> Path:
+    infos = [i for i in zf.infolist() if not i.is_dir()]
+    if len(infos) > MAX_UPLOAD_FILES or sum(i.file_size for i in infos) > MAX_UPLOAD_BYTES:
+        raise DatasetError(
+            f"{name} unpacks to more than {MAX_UPLOAD_FILES} files or {MAX_UPLOAD_BYTES // 1024**2} MiB; "
+            "upload a smaller archive or use a folder on the server."
+        )
+    for i in infos:
+        if _safe_relpath(i.filename) is None:
+            raise DatasetError(f"{name}: member {i.filename!r} would be written outside the folder; refused.")
+        if stat.S_ISLNK(i.external_attr >> 16):
+            raise DatasetError(f"{name}: member {i.filename!r} is a link; links are not followed. Refused.")
+    dest = make_dest()
+    written = 0
+    member = ""
+    try:
         for i in infos:
-            if _safe_relpath(i.filename) is None:
-                raise DatasetError(f"{name}: member {i.filename!r} would be written outside the folder; refused.")
-            if stat.S_ISLNK(i.external_attr >> 16):
-                raise DatasetError(f"{name}: member {i.filename!r} is a link; links are not followed. Refused.")
-        dest = _new_dest(Path(store_root))
-        written = 0
-        member = ""
-        try:
-            for i in infos:
-                member = i.filename
-                rel = _safe_relpath(i.filename)
-                if rel.parts[0] == "__MACOSX":
-                    continue
-                out = dest / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(i) as src, open(out, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > MAX_UPLOAD_BYTES:
-                            raise DatasetError(f"{name} unpacks to more than its header says; refused.")
-                        dst.write(chunk)
-        except DatasetError:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-        except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile, ValueError) as e:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise DatasetError(
-                f"{name}: member {member!r} cannot be extracted ({type(e).__name__}: {e}); nothing was kept. "
-                "Re-create the zip without encryption, with plain file names, and upload it again."
-            ) from e
-    return class_root(dest)
+            member = i.filename
+            rel = _safe_relpath(i.filename)
+            if "__MACOSX" in rel.parts:  # macOS resource forks, at any depth
+                continue
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(i) as src, open(out, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > MAX_UPLOAD_BYTES:
+                        raise DatasetError(f"{name} unpacks to more than its header says; refused.")
+                    dst.write(chunk)
+    except DatasetError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile, ValueError) as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise DatasetError(
+            f"{name}: member {member!r} cannot be extracted ({type(e).__name__}: {e}); nothing was kept. "
+            "Re-create the zip without encryption, with plain file names, and upload it again."
+        ) from e
+    return dest
 
 
 def class_root(folder: str | Path) -> Path:
@@ -164,9 +220,9 @@ def class_root(folder: str | Path) -> Path:
     """
     p = Path(folder)
     while True:
-        entries = [e for e in p.iterdir() if not e.name.startswith(".") and e.name != "__MACOSX"]
+        entries = [e for e in p.iterdir() if not is_junk(e.name)]
         if len(entries) == 1 and entries[0].is_dir():
-            sub = [e for e in entries[0].iterdir() if not e.name.startswith(".")]
+            sub = [e for e in entries[0].iterdir() if not is_junk(e.name)]
             if any(e.is_dir() for e in sub):
                 p = entries[0]
                 continue

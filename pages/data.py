@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from ftcore.config import DataConfig
-from ftcore.data import write_demo_dataset, inspect_dataset
+from ftcore.audit import audit_dataset
+from ftcore.data import write_demo_dataset
 from ftcore.errors import FtcoreError
+from ftcore.scan import data_roots
 from ftcore.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, extract_zip, save_uploaded_files
 from pages.common import get_store, halt, init_state, widget_key
 
@@ -40,6 +41,8 @@ if source == "demo":
         data_dir = str(write_demo_dataset(store.root / "datasets" / "digits"))
     label = "demo digits"
 elif source == "folder":
+    if (roots := data_roots()) is not None:
+        st.caption("This server reads data only under: " + ", ".join(f"`{r}`" for r in roots))
     st.session_state.setdefault("folder_path", "")
     st.session_state.setdefault("folder_val", "")
     data_dir = st.text_input("Folder path", key=widget_key("folder_path"),
@@ -48,9 +51,10 @@ elif source == "folder":
     val_dir = st.text_input("Separate validation folder (optional)", key=widget_key("folder_val"),
                             placeholder="leave empty to split the folder above").strip() or None
     st.session_state["folder_val"] = val_dir or ""
-    if data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
+    if data_dir and not (os.path.isdir(os.path.expanduser(data_dir))
+                         or (data_dir.lower().endswith(".zip") and os.path.isfile(os.path.expanduser(data_dir)))):
         st.error(f"{data_dir} is not a folder on this server. Give the full path of a folder that holds one "
-                 "sub-folder per class.")
+                 "sub-folder per class (or of a .zip of one).")
         data_dir = None
     label = data_dir
 else:
@@ -93,10 +97,10 @@ if not data_dir:
     halt()
 
 
-def _inspect(train_dir: str, val: str | None, fraction: float, stamp: float):
-    """Inspect once per folder, fraction and modification time; kept in the session."""
+def _audit(train_dir: str, val: str | None, fraction: float, stamp: float):
+    """Audit once per folder, fraction and modification time; kept in the session."""
     key = (train_dir, val, fraction, stamp)
-    memo = st.session_state.setdefault("_inspect_memo", {})
+    memo = st.session_state.setdefault("_audit_memo", {})
     if key not in memo:
         bar = st.progress(0.0, text="Reading every image once...")
 
@@ -106,7 +110,8 @@ def _inspect(train_dir: str, val: str | None, fraction: float, stamp: float):
 
         try:
             memo.clear()
-            memo[key] = inspect_dataset(DataConfig(train_dir, val, fraction), progress=progress)
+            memo[key] = audit_dataset(train_dir, val, val_fraction=fraction, store_root=store.root,
+                                      progress=progress)
         finally:
             bar.empty()
     return memo[key]
@@ -116,11 +121,32 @@ def _stamp(*paths: str | None) -> float:
     return sum(os.stat(p).st_mtime for p in paths if p and os.path.exists(p))
 
 
+def _problem_table(problems) -> None:
+    """Problems as a table filterable by kind, with thumbnails of the files that have one."""
+    kinds = sorted({p.kind for p in problems})
+    shown = st.multiselect("Show problems of kind", kinds, default=kinds, key="problem_kinds")
+    rows = [p for p in problems if p.kind in shown]
+    st.dataframe(pd.DataFrame([p.__dict__ for p in rows], columns=["path", "kind", "message", "action"]),
+                 width="stretch", hide_index=True)
+    thumbs = [p for p in rows if p.path in report.thumbnails][:24]
+    if thumbs:
+        st.image([report.thumbnails[p.path] for p in thumbs], width=72,
+                 caption=[f"{Path(p.path).name}: {p.kind}, {p.action}" for p in thumbs])
+
+
 try:
-    report = _inspect(data_dir, val_dir, float(val_fraction), _stamp(data_dir, val_dir))
+    report = _audit(data_dir, val_dir, float(val_fraction), _stamp(data_dir, val_dir))
 except FtcoreError as e:
     st.session_state.update(data_dir=None, val_dir=None, data_label=None)
     st.error(str(e))
+    halt()
+
+if not report.ok:
+    st.session_state.update(data_dir=None, val_dir=None, data_label=None)
+    for p in report.refusals():
+        st.error(f"`{p.path}`: {p.message}")
+    if report.problems:
+        _problem_table(report.problems)
     halt()
 
 st.session_state.update(data_dir=data_dir, val_dir=val_dir, val_fraction=float(val_fraction), data_label=label,
@@ -129,32 +155,33 @@ st.session_state.update(data_dir=data_dir, val_dir=val_dir, val_fraction=float(v
 layout_words = {"class_folders": f"one folder per class, {val_fraction:.0%} of each class held out (seeded, "
                                  "stratified)",
                 "train_val": "its own train/ and validation (val/, or test/) folders", "separate_val": "a separate validation folder"}
-st.success(f"{len(report.class_names)} classes, {report.n_images} readable images; split: "
-           f"{layout_words[report.layout]}.")
-counts = pd.DataFrame(report.counts).rename(columns={"train": "training images", "val": "validation images"})
+split_counts = report.split_counts()
+n_images = sum(sum(c.values()) for c in split_counts.values())
+st.success(f"{len(report.class_names)} classes, {n_images} readable images; split: "
+           f"{layout_words[report.split_layout]}. Read in {report.seconds:.1f} s.")
+counts = pd.DataFrame(split_counts).fillna(0).astype(int).rename(
+    columns={"train": "training images", "val": "validation images"})
 counts.index.name = "class"
 st.dataframe(counts, width="stretch")
+if report.majority_accuracy is not None:
+    st.caption(f"Always answering the largest class would score {report.majority_accuracy:.2f} validation "
+               "accuracy: the metrics after training mean something only above that.")
+for w in report.warnings:
+    st.warning(w)
 
 st.subheader("A few images of each class")
-for cls, files in report.samples.items():
+for cls, files in report.samples().items():
     cols = st.columns([1, 4])
     cols[0].markdown(f"**{cls}**")
     with cols[1]:
-        st.image(files, width=96, caption=[Path(f).name for f in files])
+        st.image([report.thumbnails[f] for f in files if f in report.thumbnails], width=72,
+                 caption=[Path(f).name for f in files if f in report.thumbnails])
 
 skipped = [p for p in report.problems if p.action == "skipped"]
-ignored = [p for p in report.problems if p.action == "ignored"]
-included = [p for p in report.problems if p.action == "included"]
-if included:
-    st.info("Some class folders have sub-folders; their images count as the class above them:\n\n"
-            + "\n".join(f"- `{p.path}`: {p.message}" for p in included[:20])
-            + (f"\n- ... and {len(included) - 20} more" if len(included) > 20 else ""))
 if skipped:
-    st.warning(f"{len(skipped)} files cannot be used and are left out of training:")
-    st.dataframe(pd.DataFrame([p.__dict__ for p in skipped]), width="stretch", hide_index=True)
-if ignored:
-    with st.expander(f"{len(ignored)} {'entry' if len(ignored) == 1 else 'entries'} ignored (hidden files, "
-                     "system files, empty folders)"):
-        st.dataframe(pd.DataFrame([p.__dict__ for p in ignored]), width="stretch", hide_index=True)
+    st.warning(f"{len(skipped)} files cannot be used and are left out of training; the table says why.")
+if report.problems:
+    st.subheader("What the check found, and what happens to each")
+    _problem_table(report.problems)
 
 st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")

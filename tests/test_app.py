@@ -283,6 +283,26 @@ def test_data_folder_path_can_be_corrected(app, tmp_path):
     assert app.session_state["data_dir"] == str(root)
 
 
+def test_data_audit_problems_filter_by_kind_with_thumbnails(app, tmp_path):
+    root = image_folder(tmp_path / "pets", {"cats": 12, "dogs": 3})
+    (root / "cats" / "copy.png").write_bytes((root / "cats" / "img_000.png").read_bytes())
+    (root / "dogs" / "zero.jpg").write_bytes(b"")
+    goto(app, "pages/data.py")
+    _choose_folder(app, root)
+    assert not app.error, texts(app.error)
+    assert any("imbalanced" in t and "class-balanced loss or sampler" in t for t in texts(app.warning))
+    assert any("Always answering the largest class would score" in c.value for c in app.caption)
+    kinds = by_label(app.multiselect, "Show problems of kind")
+    assert sorted(kinds.value) == ["duplicate", "unreadable"]
+    table = app.dataframe[1].value
+    assert sorted(table["kind"]) == ["duplicate", "unreadable"] and set(table["action"]) == {"skipped"}
+    kinds.set_value(["duplicate"]).run()
+    table = app.dataframe[1].value
+    assert table["kind"].tolist() == ["duplicate"] and "kept once" in table["message"].iloc[0]
+    captions = [c for img in app.get("image") for c in img.captions]
+    assert any(c.endswith(": duplicate, skipped") for c in captions), "a thumbnail of the duplicate is shown"
+
+
 def test_train_settings_can_be_changed_twice(app):
     goto(app, "pages/train.py")
     by_label(app.number_input, "Epochs").set_value(1).run()

@@ -1,4 +1,4 @@
-"""The decoded-image cache returns what decoding returns, and any change of data or size misses it."""
+"""The decoded-image cache gives what decoding gives, and any change of data or size misses it."""
 
 from __future__ import annotations
 
@@ -7,127 +7,150 @@ import os
 import numpy as np
 import pytest
 
-from ftcore.cache import cache_key, decode_files
+import ftcore.audit
+from ftcore.audit import audit_dataset
+from ftcore.cache import CacheEntryWriter, cache_folder, cache_key, load_entry
 from ftcore.config import DataConfig
-from ftcore.data import decode_image, prepare_split
-from ftcore.errors import DatasetError
+from ftcore.data import prepare_split
+from ftcore.images import decode_image
 
 from conftest import write_image
 
 
-class CountingDecode:
-    def __init__(self):
-        self.calls = 0
+@pytest.fixture
+def decodes(monkeypatch):
+    """Files read and decoded by the audit, in order."""
+    calls: list[str] = []
+    real = ftcore.audit.read_and_decode
 
-    def __call__(self, path, short_side):
-        self.calls += 1
-        return decode_image(path, short_side)
+    def counting(path, side):
+        calls.append(str(path))
+        return real(path, side)
 
-
-def _files(folder):
-    return sorted(str(p) for p in folder.rglob("*.png"))
-
-
-def test_cached_arrays_equal_fresh_decoding_and_are_read_back_without_decoding(make_image_folder, tmp_path):
-    files = _files(make_image_folder(size=20))
-    dec = CountingDecode()
-    first, hit1 = decode_files(files, 16, dec, tmp_path / "cache")
-    second, hit2 = decode_files(files, 16, dec, tmp_path / "cache")
-    assert (hit1, hit2) == (False, True)
-    assert dec.calls == len(files)  # the second call decoded nothing
-    for f, a, b in zip(files, first, second):
-        np.testing.assert_array_equal(a, decode_image(f, 16))
-        np.testing.assert_array_equal(b, a)
-        assert isinstance(b.base, np.memmap) or isinstance(b, np.memmap)
-        assert min(b.shape[:2]) == 16 and b.shape[2] == 3
+    monkeypatch.setattr(ftcore.audit, "read_and_decode", counting)
+    return calls
 
 
-@pytest.mark.parametrize("change", ["size", "file_content", "file_list"])
-def test_a_change_of_data_or_image_size_misses_the_cache(make_image_folder, tmp_path, change):
-    folder = make_image_folder(size=20)
-    files = _files(folder)
-    dec = CountingDecode()
-    decode_files(files, 16, dec, tmp_path / "cache")
-    dec.calls = 0
-    if change == "size":
-        items, hit = decode_files(files, 18, dec, tmp_path / "cache")
-        assert min(items[0].shape[:2]) == 18
+def _audit(folder, store, side=16, **kw):
+    return audit_dataset(folder, short_side=side, keep_images=True, store_root=store, workers=1, **kw)
+
+
+def _items(rep):
+    return {it.path: it for it in rep.items}
+
+
+def test_second_audit_reads_the_cache_and_gives_the_same_report(make_image_folder, tmp_path, decodes):
+    folder = make_image_folder(classes={"red": 5, "green": 5}, size=20)
+    (folder / "red" / "broken.png").write_bytes(b"not an image")
+    first = _audit(folder, tmp_path / "store")
+    n = len(decodes)
+    assert n == 11
+    second = _audit(folder, tmp_path / "store")
+    assert len(decodes) == n  # nothing decoded again
+    assert second.to_json() == first.to_json()
+    a, b = _items(first), _items(second)
+    for path, it in a.items():
+        assert b[path].usable == it.usable and b[path].sha == it.sha
+        if it.usable:
+            np.testing.assert_array_equal(b[path].array, decode_image(path, 16))
+            np.testing.assert_array_equal(b[path].phash, it.phash)
+            assert isinstance(b[path].array.base, np.memmap) or isinstance(b[path].array, np.memmap)
+    assert set(second.thumbnails) == set(first.thumbnails)
+    for k in first.thumbnails:
+        np.testing.assert_array_equal(second.thumbnails[k], first.thumbnails[k])
+
+
+@pytest.mark.parametrize("change", ["image_size", "file_content", "file_list"])
+def test_a_change_of_data_or_image_size_misses_the_cache(make_image_folder, tmp_path, decodes, change):
+    folder = make_image_folder(classes={"red": 4, "green": 4}, size=20)
+    _audit(folder, tmp_path / "store")
+    decodes.clear()
+    side = 16
+    if change == "image_size":
+        side = 18
     elif change == "file_content":
         write_image(folder / "red" / "img_000.png", (0, 0, 0), size=24, seed=99)
-        os.utime(folder / "red" / "img_000.png", ns=(1, 10**18))  # a new modification time as well
-        items, hit = decode_files(files, 16, dec, tmp_path / "cache")
-        np.testing.assert_array_equal(items[files.index(str(folder / "red" / "img_000.png"))],
-                                      decode_image(folder / "red" / "img_000.png", 16))
+        os.utime(folder / "red" / "img_000.png", ns=(1, 10**18))
     else:
-        items, hit = decode_files(files[:-1], 16, dec, tmp_path / "cache")
-    assert not hit and dec.calls > 0
-    assert cache_key(files, 16) != cache_key(files, 18)
+        write_image(folder / "green" / "img_new.png", (0, 0, 0), size=24, seed=98)
+    rep = _audit(folder, tmp_path / "store", side=side)
+    assert len(decodes) == len(rep.items)  # decoded afresh
+    for it in rep.items:
+        np.testing.assert_array_equal(it.array, decode_image(it.path, side))
 
 
-def test_unreadable_files_are_remembered_as_reasons(make_image_folder, tmp_path):
-    folder = make_image_folder()
-    bad = folder / "red" / "broken.png"
-    bad.write_bytes(b"not an image")
-    files = _files(folder)
-    items, _ = decode_files(files, None, decode_image, tmp_path / "cache")
-    again, hit = decode_files(files, None, decode_image, tmp_path / "cache")
-    assert hit
-    i = files.index(str(bad))
-    assert isinstance(items[i], str) and items[i]
-    assert again[i] == items[i]
-    assert sum(isinstance(a, str) for a in again) == 1
+def test_the_key_covers_size_and_files(tmp_path):
+    f = write_image(tmp_path / "a.png", (1, 2, 3))
+    assert cache_key([str(f)], 16) != cache_key([str(f)], 18)
+    k = cache_key([str(f)], 16)
+    os.utime(f, ns=(1, 10**18))
+    assert cache_key([str(f)], 16) != k
 
 
-def test_a_damaged_entry_is_ignored_and_rewritten(make_image_folder, tmp_path):
-    files = _files(make_image_folder())
-    decode_files(files, None, decode_image, tmp_path / "cache")
-    for meta in (tmp_path / "cache").glob("*.json"):
+def test_a_damaged_entry_is_ignored_and_written_again(make_image_folder, tmp_path, decodes):
+    folder = make_image_folder(classes={"red": 3, "green": 3})
+    _audit(folder, tmp_path / "store")
+    for meta in cache_folder(tmp_path / "store").glob("*.json"):
         meta.write_text("{broken")
-    items, hit = decode_files(files, None, decode_image, tmp_path / "cache")
-    assert not hit and all(isinstance(a, np.ndarray) for a in items)
-    _, hit = decode_files(files, None, decode_image, tmp_path / "cache")
-    assert hit
+    decodes.clear()
+    rep = _audit(folder, tmp_path / "store")
+    assert len(decodes) == 6 and rep.ok
+    decodes.clear()
+    _audit(folder, tmp_path / "store")
+    assert decodes == []
 
 
-def test_cache_stays_under_its_size_limit(make_image_folder, tmp_path, monkeypatch):
-    folder = make_image_folder(size=20)
-    files = _files(folder)
+def test_the_cache_stays_under_its_size_limit(make_image_folder, tmp_path, monkeypatch):
+    folder = make_image_folder(classes={"red": 3, "green": 3}, size=20)
     monkeypatch.setenv("FTCORE_CACHE_MAX_GB", "0.000001")  # 1 kB: only the newest entry is kept
-    decode_files(files, 16, decode_image, tmp_path / "cache")
-    decode_files(files, 18, decode_image, tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
-    assert not list((tmp_path / "cache").glob("*.tmp-*"))
+    _audit(folder, tmp_path / "store", side=16)
+    _audit(folder, tmp_path / "store", side=18)
+    assert len(list(cache_folder(tmp_path / "store").glob("*.json"))) == 1
+    assert not list(cache_folder(tmp_path / "store").glob("*.tmp-*"))
 
 
-def test_abandoned_decoding_writes_no_entry(make_image_folder, tmp_path):
-    files = _files(make_image_folder())
+def test_an_abandoned_audit_writes_no_entry(make_image_folder, tmp_path):
+    folder = make_image_folder(classes={"red": 4, "green": 4})
 
     def stop(done, total):
         if done == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        decode_files(files, None, decode_image, tmp_path / "cache", progress=stop)
-    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+        _audit(folder, tmp_path / "store", progress=stop)
+    assert not cache_folder(tmp_path / "store").exists() or not list(cache_folder(tmp_path / "store").iterdir())
+
+
+def test_no_cache_when_turned_off(make_image_folder, tmp_path, decodes):
+    folder = make_image_folder(classes={"red": 3, "green": 3})
+    _audit(folder, tmp_path / "store", cache=False)
+    _audit(folder, tmp_path / "store", cache=False)
+    assert len(decodes) == 12
+    assert not cache_folder(tmp_path / "store").exists()
+
+
+def test_entry_round_trip(tmp_path):
+    arrays = [np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3), None, np.full((4, 1, 3), 7, np.uint8)]
+    with CacheEntryWriter(tmp_path, "k") as w:
+        for i, a in enumerate(arrays):
+            w.add(a, {"i": i})
+        w.commit()
+    back = load_entry(tmp_path, "k", 3)
+    for (arr, facts), a, i in zip(back, arrays, range(3)):
+        assert facts == {"i": i}
+        if a is None:
+            assert arr is None
+        else:
+            np.testing.assert_array_equal(arr, a)
+            assert not arr.flags.writeable
+    assert load_entry(tmp_path, "k", 4) is None  # another file count is another entry
 
 
 def test_prepare_split_through_the_cache_gives_the_same_split(make_image_folder, tmp_path):
     folder = make_image_folder(classes={"a": 6, "b": 6}, size=20)
     data = DataConfig(str(folder), None, 0.25)
-    plain = prepare_split(data, seed=0, short_side=16)
-    cached = prepare_split(data, seed=0, short_side=16, cache_dir=tmp_path / "cache")
-    again = prepare_split(data, seed=0, short_side=16, cache_dir=tmp_path / "cache")
-    for s in (cached, again):
-        assert s.train_files == plain.train_files and s.val_files == plain.val_files
-        for a, b in zip(s.train_images + s.val_images, plain.train_images + plain.val_images):
-            np.testing.assert_array_equal(a, b)
-
-
-def test_decode_errors_other_than_dataset_errors_propagate(tmp_path):
-    def boom(path, short):
-        raise RuntimeError("bug")
-
-    with pytest.raises(RuntimeError):
-        decode_files([str(tmp_path / "x.png")], None, boom, tmp_path / "cache")
-    with pytest.raises(DatasetError):
-        decode_image(tmp_path / "missing.png")
+    first = prepare_split(data, seed=0, short_side=16, store_root=tmp_path / "store")
+    again = prepare_split(data, seed=0, short_side=16, store_root=tmp_path / "store")
+    assert again.train_files == first.train_files and again.val_files == first.val_files
+    for a, b in zip(again.train_images + again.val_images, first.train_images + first.val_images):
+        np.testing.assert_array_equal(a, b)

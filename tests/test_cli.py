@@ -208,3 +208,60 @@ def test_parser_requires_a_command(capsys):
         cli.main([])
     assert ei.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+# -- python -m ftcore audit ----------------------------------------------------------------------------
+
+def test_audit_json_has_the_issues_keys_and_exit_status(tmp_path, capsys):
+    root = _make_image_folder(tmp_path / "données", {"chats noirs": 6, "dogs": 6})
+    (root / "dogs" / "broken.jpg").write_bytes(b"")
+    (root / ".DS_Store").write_bytes(b"x")
+    assert cli.main(["audit", str(root), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out) == {"ok", "layout", "classes", "problems", "warnings"}
+    assert out["ok"] is True and out["layout"] == "class_folders"
+    assert out["classes"] == {"chats noirs": 6, "dogs": 6}
+    assert {(Path(p["path"]).name, p["kind"], p["action"]) for p in out["problems"]} == {
+        ("broken.jpg", "unreadable", "skipped"), (".DS_Store", "ignored", "ignored")}
+    assert all(set(p) == {"path", "kind", "message", "action"} for p in out["problems"])
+
+
+def test_audit_train_val_counts_per_split_and_refusal_exit_1(tmp_path, capsys):
+    _make_image_folder(tmp_path / "ds" / "train", {"a": 4, "b": 4})
+    _make_image_folder(tmp_path / "ds" / "val", {"a": 2, "b": 2}, start_seed=500)
+    assert cli.main(["audit", str(tmp_path / "ds"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["layout"] == "train_val" and out["classes"] == {"train": {"a": 4, "b": 4}, "val": {"a": 2, "b": 2}}
+    one = _make_image_folder(tmp_path / "one", {"only": 3})
+    assert cli.main(["audit", str(one), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and [p["kind"] for p in out["problems"] if p["action"] == "refused"] == ["single_class"]
+    assert cli.main(["audit", str(one)]) == 1
+    text = capsys.readouterr().out
+    assert "[refused] single_class" in text and "not ok" in text
+
+
+def test_audit_of_a_missing_path_or_a_zip(tmp_path, capsys):
+    assert cli.main(["audit", str(tmp_path / "nowhere"), "--json"]) == 1
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["ok"] is False and "does not exist" in cap.err
+    import zipfile
+
+    root = _make_image_folder(tmp_path / "pets", {"cats": 3, "dogs": 3})
+    z = tmp_path / "pets.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in root.rglob("*.png"):
+            zf.write(f, f"pets/{f.relative_to(root)}")
+    assert cli.main(["audit", str(z), "--json", "--store", str(tmp_path / "store")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["layout"] == "wrapper_folder" and out["classes"] == {"cats": 3, "dogs": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pets", "pets.zip", "store"]
+
+
+def test_audit_subprocess_exit_status(tmp_path):
+    root = _make_image_folder(tmp_path / "flat_parent", {"x": 3}) / "x"  # images at the root
+    cp = subprocess.run([PYTHON, "-m", "ftcore", "audit", str(root), "--json"], cwd=REPO, capture_output=True,
+                        text=True, env=subprocess_env(tmp_path / "home"), timeout=120)
+    assert cp.returncode == 1, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["layout"] == "images_at_root" and out["problems"][0]["action"] == "refused"

@@ -15,108 +15,22 @@ from conftest import COLOURS, write_image
 from ftcore.config import DataConfig
 from ftcore.data import (
     ArrayImageDataset,
+    balanced_sampler,
     build_transforms,
+    class_weights,
     decode_image,
     prepare_split,
-    scan_folder,
+    scan_layout,
+    split_from_audit,
     write_demo_dataset,
 )
+from ftcore.audit import audit_dataset
 from ftcore.errors import DatasetError
 
 
 def _split(root, val_dir=None, val_fraction=0.2, seed=0, short_side=None):
     return prepare_split(DataConfig(str(root), None if val_dir is None else str(val_dir), val_fraction),
                          seed=seed, short_side=short_side)
-
-
-# -- scan_folder -------------------------------------------------------------------
-
-def test_scan_class_folders(make_image_folder):
-    root = make_image_folder(classes={"cat": 3, "ant": 2, "bee": 4})
-    scan = scan_folder(root)
-    assert scan.class_names == ["ant", "bee", "cat"]
-    assert scan.counts() == {"ant": 2, "bee": 4, "cat": 3}
-    assert len(scan.files) == len(scan.labels) == 9
-    for f, y in zip(scan.files, scan.labels):
-        assert Path(f).parent.name == scan.class_names[y]
-    assert scan.problems == []
-
-
-def test_scan_includes_nested_files(make_image_folder):
-    root = make_image_folder(classes={"a": 2, "b": 2})
-    write_image(root / "a" / "sub" / "deep.jpg", COLOURS[0])
-    scan = scan_folder(root)
-    assert scan.counts() == {"a": 3, "b": 2}
-    assert str(root / "a" / "sub" / "deep.jpg") in scan.files
-
-
-def test_scan_ignores_junk_and_reports_it(make_image_folder):
-    root = make_image_folder(classes={"a": 3, "b": 3})
-    (root / "__MACOSX" / "a").mkdir(parents=True)
-    (root / "__MACOSX" / "a" / "._img_000.png").write_bytes(b"\x00\x05\x16\x07")
-    (root / ".hidden_class").mkdir()
-    write_image(root / ".hidden_class" / "x.png", COLOURS[2])
-    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    (root / "a" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
-    (root / "a" / "._img_000.png").write_bytes(b"\x00\x05\x16\x07")
-    (root / "b" / ".ipynb_checkpoints").mkdir()
-    write_image(root / "b" / ".ipynb_checkpoints" / "copy.png", COLOURS[1])
-    (root / "b" / "desktop.ini").write_text("[.ShellClassInfo]")
-    scan = scan_folder(root)
-    assert scan.class_names == ["a", "b"]
-    assert scan.counts() == {"a": 3, "b": 3}
-    assert all("__MACOSX" not in f and "/." not in f and "Thumbs" not in f for f in scan.files)
-    ignored = {Path(p.path).name for p in scan.problems if p.kind == "ignored"}
-    assert ignored == {"__MACOSX", ".hidden_class", ".DS_Store", "Thumbs.db", "._img_000.png",
-                       ".ipynb_checkpoints", "desktop.ini"}
-    assert all(p.action == "ignored" for p in scan.problems if p.kind == "ignored")
-
-
-def test_scan_reports_non_images_empty_classes_and_loose_files(make_image_folder):
-    root = make_image_folder(classes={"a": 2, "b": 2})
-    (root / "a" / "notes.txt").write_text("hello")
-    (root / "empty").mkdir()
-    (root / "only_text").mkdir()
-    (root / "only_text" / "readme.md").write_text("x")
-    write_image(root / "loose.png", COLOURS[0])
-    scan = scan_folder(root)
-    assert scan.class_names == ["a", "b"]
-    kinds = {(Path(p.path).name, p.kind) for p in scan.problems}
-    assert ("notes.txt", "not_image") in kinds
-    assert ("readme.md", "not_image") in kinds
-    assert ("empty", "empty_class") in kinds
-    assert ("only_text", "empty_class") in kinds
-    assert ("loose.png", "not_in_class") in kinds
-    msg = next(p.message for p in scan.problems if p.kind == "not_image" and p.path.endswith("notes.txt"))
-    assert "suffix '.txt' is not an image type" in msg
-
-
-def test_scan_suffix_case_insensitive(make_image_folder):
-    root = make_image_folder(classes={"a": 2, "b": 2})
-    write_image(root / "a" / "UPPER.JPG", COLOURS[0], fmt="JPEG")
-    assert scan_folder(root).counts()["a"] == 3
-
-
-def test_scan_one_class_raises_with_what_was_found(make_image_folder):
-    root = make_image_folder(classes={"onlyone": 4})
-    with pytest.raises(DatasetError, match=r"needs at least two class folders with images; found 1 \(onlyone\)"):
-        scan_folder(root)
-
-
-def test_scan_no_classes_raises(tmp_path):
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "empty").mkdir()
-    with pytest.raises(DatasetError, match="needs at least two class folders with images; found none"):
-        scan_folder(tmp_path / "d")
-
-
-def test_scan_missing_folder_raises(tmp_path):
-    with pytest.raises(DatasetError, match=r"data folder .*nowhere does not exist; give a folder"):
-        scan_folder(tmp_path / "nowhere")
-    f = tmp_path / "file.png"
-    f.write_bytes(b"")
-    with pytest.raises(DatasetError, match="is a file, not a folder"):
-        scan_folder(f)
 
 
 # -- decode_image -----------------------------------------------------------------------
@@ -179,8 +93,9 @@ def test_decode_large_rotated_jpeg_downscaled(tmp_path):
 @pytest.mark.parametrize("kind", ["empty_jpg", "text_png", "truncated_png"])
 def test_decode_unreadable_names_file(tmp_path, kind):
     p = _write_bad(tmp_path, kind)
-    with pytest.raises(DatasetError, match=rf"cannot read image .*{p.name}"):
+    with pytest.raises(DatasetError, match=rf"cannot read image .*{p.name}: ") as e:
         decode_image(p)
+    assert e.value.kind == {"empty_jpg": "unreadable", "text_png": "not_image", "truncated_png": "unreadable"}[kind]
 
 
 def _write_bad(folder: Path, kind: str) -> Path:
@@ -255,7 +170,7 @@ def test_split_seed(make_image_folder):
 
 def test_split_class_with_one_image_names_it(make_image_folder):
     root = make_image_folder(classes={"a": 6, "lonely": 1})
-    with pytest.raises(DatasetError, match=r"classes lonely \(1\) have fewer than 2 readable images"):
+    with pytest.raises(DatasetError, match=r"class 'lonely' has 1 usable image; it needs at least 2 to appear in both"):
         _split(root)
 
 
@@ -292,14 +207,14 @@ def test_train_val_layout_detected(tmp_path, make_image_folder):
 @pytest.mark.parametrize("val_name", ["valid", "validation"])
 def test_train_valid_names(tmp_path, make_image_folder, val_name):
     make_image_folder("ds/train", classes={"a": 3, "b": 3})
-    make_image_folder(f"ds/{val_name}", classes={"a": 1, "b": 1})
+    make_image_folder(f"ds/{val_name}", classes={"a": 1, "b": 1}, start_seed=500)
     split = _split(tmp_path / "ds")
     assert split.layout == "train_val" and len(split.val_files) == 2
 
 
 def test_separate_val_folder_labels_follow_training_classes(tmp_path, make_image_folder):
     train = make_image_folder("tr", classes={"a": 3, "b": 3, "c": 3})
-    val = make_image_folder("va", classes={"b": 2, "c": 1})
+    val = make_image_folder("va", classes={"b": 2, "c": 1}, start_seed=500)
     split = _split(train, val_dir=val)
     assert split.layout == "separate_val"
     assert split.class_names == ["a", "b", "c"]
@@ -312,8 +227,8 @@ def test_separate_val_folder_labels_follow_training_classes(tmp_path, make_image
 
 def test_separate_val_with_extra_class_raises(tmp_path, make_image_folder):
     train = make_image_folder("tr", classes={"a": 3, "b": 3})
-    val = make_image_folder("va", classes={"a": 1, "zebra": 1})
-    with pytest.raises(DatasetError, match=r"validation folder .*va has classes \['zebra'\] that the training folder"):
+    val = make_image_folder("va", classes={"a": 1, "zebra": 1}, start_seed=500)
+    with pytest.raises(DatasetError, match=r"va/zebra: class 'zebra' has validation images but no usable training"):
         _split(train, val_dir=val)
 
 
@@ -330,10 +245,9 @@ def test_unreadable_files_are_named_and_left_out(make_image_folder):
            _write_bad(root / "b", "truncated_png")]
     seen = []
     split = prepare_split(DataConfig(str(root), None, 0.2), progress=lambda d, t: seen.append((d, t)))
-    unreadable = [p for p in split.problems if p.kind == "unreadable"]
+    unreadable = [p for p in split.problems if p.action == "skipped"]
     assert sorted(Path(p.path).name for p in unreadable) == sorted(b.name for b in bad)
-    for p in unreadable:
-        assert p.action == "skipped" and "cannot be decoded as an image" in p.message
+    assert {p.kind for p in unreadable} == {"not_image", "unreadable"}
     used = set(split.train_files) | set(split.val_files)
     assert len(used) == 10 and not used & {str(b) for b in bad}
     assert split.counts()["train"]["a"] + split.counts()["val"]["a"] == 5
@@ -348,7 +262,7 @@ def test_unreadable_files_are_named_and_left_out(make_image_folder):
 def test_unreadable_files_can_leave_a_class_too_small(make_image_folder):
     root = make_image_folder(classes={"a": 5, "b": 1})
     _write_bad(root / "b", "empty_jpg")
-    with pytest.raises(DatasetError, match=r"classes b \(1\) have fewer than 2 readable images"):
+    with pytest.raises(DatasetError, match=r"class 'b' has 1 usable image"):
         _split(root)
 
 
@@ -403,49 +317,74 @@ def test_write_demo_dataset(tmp_path):
     stamp = (dest / "0" / "0000.png").stat().st_mtime_ns
     write_demo_dataset(dest, size=16)
     assert (dest / "0" / "0000.png").stat().st_mtime_ns == stamp
-    scan = scan_folder(dest)
-    assert scan.class_names == [str(d) for d in range(10)] and len(scan.files) == 1797
-    assert scan.problems == []
+    report = audit_dataset(dest)
+    assert report.ok and report.class_names == [str(d) for d in range(10)]
+    assert sum(report.classes.values()) == 1797, "no digit is taken for a duplicate"
+    assert report.problems == []
 
 
-def test_inspect_dataset_reports_the_runs_split(make_image_folder):
-    from ftcore.data import inspect_dataset
-
+def test_split_from_audit_is_the_runs_split_and_decodes_nothing_again(make_image_folder, monkeypatch):
     root = make_image_folder(classes={"a": 10, "b": 6})
     (root / "a" / "broken.png").write_text("not a png")
     cfg = DataConfig(str(root), None, 0.25)
-    report = inspect_dataset(cfg, seed=3, n_samples=2)
-    split = prepare_split(cfg, seed=3)
-    assert report.layout == "class_folders" and report.class_names == ["a", "b"]
-    # a: 10 readable, 0.25 * 10 = 2.5 -> 3; b: 6, 1.5 -> 2 (half up).
-    assert report.counts == split.counts() == {"train": {"a": 7, "b": 4}, "val": {"a": 3, "b": 2}}
-    assert report.n_images == 16
-    assert [len(v) for v in report.samples.values()] == [2, 2]
-    for cls, files in report.samples.items():
-        assert all(f in split.train_files and Path(f).parent.name == cls for f in files)
-    assert [Path(p.path).name for p in report.problems if p.kind == "unreadable"] == ["broken.png"]
-    with pytest.raises(DatasetError, match="needs at least two class folders with images; found none"):
-        inspect_dataset(DataConfig(str(root / "a")))  # images but no class sub-folders
+    report = audit_dataset(root, val_fraction=0.25, short_side=8, keep_images=True)
+    # a: 10 usable, 0.25 * 10 = 2.5 -> 3; b: 6, 1.5 -> 2 (half up).
+    assert report.split_counts() == {"train": {"a": 7, "b": 4}, "val": {"a": 3, "b": 2}}
+    import ftcore.images
+
+    monkeypatch.setattr(ftcore.images, "decode_bytes", lambda *a, **k: pytest.fail("decoded twice"))
+    split = split_from_audit(report, seed=3)
+    assert split.counts() == report.split_counts()
+    assert all(im.shape == (8, 8, 3) for im in split.train_images)
+    monkeypatch.undo()
+    assert prepare_split(cfg, seed=3, short_side=8).val_files == split.val_files
+    assert [Path(p.path).name for p in split.problems if p.kind == "not_image"] == ["broken.png"]
+
+
+def test_split_from_an_audit_without_images_or_not_ok_is_refused(make_image_folder):
+    root = make_image_folder(classes={"a": 4, "b": 4})
+    with pytest.raises(DatasetError, match="kept no decoded images; audit it with keep_images=True"):
+        split_from_audit(audit_dataset(root))
+    with pytest.raises(DatasetError, match="holds 4 files and no class folder"):
+        split_from_audit(audit_dataset(root / "a", keep_images=True))
+
+
+def test_scan_layout_refuses_early_without_decoding(make_image_folder):
+    root = make_image_folder(classes={"onlyone": 4})
+    with pytest.raises(DatasetError, match=r"needs at least two class folders with images; found 1 \(onlyone\)"):
+        scan_layout(DataConfig(str(root)))
+    with pytest.raises(DatasetError, match=r"holds 4 files and no class folder; put each class's images"):
+        scan_layout(DataConfig(str(root / "onlyone")))
+    assert scan_layout(DataConfig(str(make_image_folder("two")))).kind == "class_folders"
+
+
+# -- class balance ----------------------------------------------------------------------------------
+
+def test_class_weights_are_sklearns_balanced_weights():
+    labels = np.array([0] * 8 + [1] * 2)
+    w = class_weights(labels, 3)
+    assert w.dtype == torch.float32 and w.shape == (3,)
+    # n / (k * count) over the classes present: 10 / (2 * 8), 10 / (2 * 2); the absent class gets 1.
+    assert torch.allclose(w, torch.tensor([0.625, 2.5, 1.0]))
+    loss = torch.nn.functional.cross_entropy(torch.zeros(10, 3), torch.as_tensor(labels), weight=w)
+    assert torch.isfinite(loss)
+
+
+def test_balanced_sampler_draws_classes_equally():
+    labels = np.array([0] * 90 + [1] * 10)
+    sampler = balanced_sampler(labels, 2, seed=0)
+    drawn = labels[np.array(list(sampler))]
+    assert len(drawn) == 100
+    assert 35 <= (drawn == 1).sum() <= 65, "the minority class is drawn about half the time, not 10%"
+    assert list(balanced_sampler(labels, 2, seed=0)) == list(balanced_sampler(labels, 2, seed=0))
 
 
 def test_train_and_test_folders_are_a_split_not_two_classes(make_image_folder):
     root = make_image_folder(name="data/train", classes={"a": 4, "b": 4}).parent
-    make_image_folder(name="data/test", classes={"a": 2, "b": 2})
+    make_image_folder(name="data/test", classes={"a": 2, "b": 2}, start_seed=500)
     split = prepare_split(DataConfig(str(root)))
     assert split.layout == "train_val" and split.class_names == ["a", "b"]
     assert split.counts() == {"train": {"a": 4, "b": 4}, "val": {"a": 2, "b": 2}}
-
-
-def test_nested_folders_inside_a_class_are_included_and_said(make_image_folder):
-    from ftcore.data import scan_folder
-
-    root = make_image_folder(classes={"a": 3, "b": 3})
-    make_image_folder(name="data/a/more", classes={"x": 2})  # data/a/more/x/*.png
-    scan = scan_folder(root)
-    assert scan.counts() == {"a": 5, "b": 3}
-    nested = [p for p in scan.problems if p.kind == "nested"]
-    assert len(nested) == 1 and nested[0].action == "included"
-    assert nested[0].path.endswith("more/x") and "count as 'a'" in nested[0].message
 
 
 def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ftcore.data
 from ftcore.config import RunConfig
 from ftcore.training import run_experiment, set_threads
 
@@ -73,14 +72,16 @@ def test_cached_and_uncached_runs_agree_when_nothing_is_random(make_image_folder
 
 
 def test_a_second_run_on_the_same_data_reads_no_image_again(make_image_folder, store, monkeypatch):
+    import ftcore.audit
+
     calls = []
-    real = ftcore.data.decode_image
+    real = ftcore.audit.read_and_decode
 
-    def counting(path, short=None):
+    def counting(path, side):
         calls.append(path)
-        return real(path, short)
+        return real(path, side)
 
-    monkeypatch.setattr(ftcore.data, "decode_image", counting)
+    monkeypatch.setattr(ftcore.audit, "read_and_decode", counting)
     folder = make_image_folder(classes={"red": 6, "green": 6})
     cfg = tiny_run_config(folder, unfreeze="head", baseline=False)
     _run(store, cfg)

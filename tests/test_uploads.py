@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from ftcore.errors import DatasetError
-from ftcore.uploads import extract_zip, save_uploaded_files
+from ftcore.uploads import extract_zip, extract_zip_file, save_uploaded_files
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -56,3 +56,35 @@ def test_uploaded_name_with_a_nul_byte_is_refused_and_nothing_kept(tmp_path):
     with pytest.raises(DatasetError, match="is not a safe relative path"):
         save_uploaded_files([("ok/a.png", b"x"), ("bad/\x00.png", b"y")], tmp_path)
     assert list((tmp_path / "datasets").iterdir()) == []
+
+
+def test_nested_macosx_and_link_members(tmp_path):
+    data = _zip({"pets/cats/1.png": b"x", "pets/dogs/2.png": b"y", "pets/cats/__MACOSX/._1.png": b"z"})
+    root = extract_zip(data, tmp_path)
+    assert not list((tmp_path / "datasets").rglob("__MACOSX")), "__MACOSX at any depth is not extracted"
+    assert sorted(p.name for p in (root / "cats").iterdir()) == ["1.png"]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("pets/cats/1.png", b"x")
+        link = zipfile.ZipInfo("pets/dogs/passwd.png")
+        link.external_attr = (0o120777 << 16)  # a symlink member pointing at /etc/passwd
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(DatasetError, match=r"member 'pets/dogs/passwd.png' is a link; links are not followed"):
+        extract_zip(buf.getvalue(), tmp_path, "links.zip")
+
+
+def test_zip_file_on_the_server_is_extracted_once_into_the_store(tmp_path):
+    z = tmp_path / "in" / "pets.zip"
+    z.parent.mkdir()
+    z.write_bytes(_zip({"pets/cats/1.png": b"x", "pets/dogs/2.png": b"y"}))
+    store = tmp_path / "store"
+    dest = extract_zip_file(z, store)
+    assert dest.parent == store / "datasets" and dest.name.startswith("zip-")
+    assert (dest / "pets" / "cats" / "1.png").read_bytes() == b"x"
+    (dest / "pets" / "cats" / "1.png").write_bytes(b"kept")  # a second call reuses, not re-extracts
+    assert extract_zip_file(z, store) == dest and (dest / "pets" / "cats" / "1.png").read_bytes() == b"kept"
+    assert sorted(p.name for p in z.parent.iterdir()) == ["pets.zip"], "nothing is written beside the zip"
+    bad = tmp_path / "in" / "bad.zip"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DatasetError, match="bad.zip is not a readable zip archive"):
+        extract_zip_file(bad, store)
