@@ -502,7 +502,8 @@ def run_experiment(
         store.merge_info(
             run_id, device=str(device), threads=threads, weights=src.describe(), weights_kind=src.kind,
             class_names=split.class_names, layout=split.layout, counts=split.counts(),
-            skipped=[p.__dict__ for p in split.problems if p.kind in ("unreadable", "not_image")],
+            skipped=[p.__dict__ for p in split.problems if p.action == "skipped"],
+            majority_accuracy=split.majority_accuracy, data_warnings=list(split.warnings),
             empty_classes=[p.path for p in split.problems if p.kind == "empty_class"],
         )
         store.save_json(run_id, "split.json", {"train": split.train_files, "val": split.val_files,

@@ -43,8 +43,13 @@ if rec.status != "finished":
 if cmp.baseline is None:
     st.info("This run trained no frozen baseline; only the fine-tuned model is shown.")
 
+majority = rec.info.get("majority_accuracy")
 st.caption(f"{int(cmp.finetuned.support.sum())} validation images, {len(cmp.class_names)} classes · backbone "
-           f"`{rec.config.backbone.name}` · unfrozen: {', '.join(rec.info.get('finetuned_trainable_groups', []))}")
+           f"`{rec.config.backbone.name}` · unfrozen: {', '.join(rec.info.get('finetuned_trainable_groups', []))}"
+           + (f" · always answering the largest class would score {majority:.1%} accuracy"
+              if majority is not None else ""))
+for w in rec.info.get("data_warnings") or []:
+    st.warning(w)
 
 cols = st.columns(3)
 for col, (metric, row) in zip(cols, cmp.overall.iterrows()):

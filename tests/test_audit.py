@@ -402,6 +402,9 @@ def test_imbalance_is_warned_with_the_majority_class_accuracy(tmp_path, store):
     assert split.majority_accuracy == pytest.approx(6 / 7) and any("imbalanced" in w for w in split.warnings)
     summary, info, split = train(root, store)
     assert summary["status"] == "finished"
+    # Stored with the run, for the Compare page to show beside the metrics.
+    assert info["majority_accuracy"] == pytest.approx(6 / 7)
+    assert any("imbalanced" in w for w in info["data_warnings"])
 
 
 # -- duplicates and leakage ----------------------------------------------------------------------------
@@ -454,6 +457,8 @@ def test_leakage_between_train_and_validation_is_named_and_removed(tmp_path, sto
     assert str(leaked) not in split.val_files and len(split.val_files) == 4
     summary, info, run_split = train(tmp_path / "ds", store)
     assert str(leaked) not in run_split["val"]
+    # The run lists the leaked copy among the files it left out (the CLI and the train page show that list).
+    assert any(p["path"] == str(leaked) and p["kind"] == "leakage" for p in info["skipped"])
 
 
 # -- names ---------------------------------------------------------------------------------------------
