@@ -45,14 +45,17 @@ sys.path.insert(0, str(ROOT))
 SETTINGS = {"head only": "head", "last 2 groups": "last:2", "all": "all"}
 
 
-def _split(data: str, val_fraction: float, seed: int) -> tuple[list[str], list[str], list[str]]:
+def _split(a: argparse.Namespace) -> dict:
+    """The product's own split (audit, duplicates dropped, seeded stratified split), for both contenders."""
+    from ftcore.backbones import build_model
     from ftcore.config import DataConfig
-    from ftcore.data import scan_layout, stratified_split
-    import numpy as np
+    from ftcore.data import build_transforms, prepare_split
 
-    scan, _, _ = scan_layout(DataConfig(train_dir=data, val_fraction=val_fraction))
-    tr, va = stratified_split(np.asarray(scan.labels), val_fraction, seed)
-    return scan.class_names, [scan.files[i] for i in tr], [scan.files[i] for i in va]
+    model, _ = build_model(a.model, 2, "auto", a.img_size)
+    _, _, short = build_transforms(model, a.img_size)
+    split = prepare_split(DataConfig(train_dir=a.data, val_fraction=a.val_fraction), seed=a.seed, short_side=short,
+                          store_root=a.store)
+    return {"class_names": split.class_names, "train": split.train_files, "val": split.val_files}
 
 
 def _subset(src: str, per_class: int, dest: Path) -> str:
@@ -83,7 +86,8 @@ def run_reference(a: argparse.Namespace) -> dict:
 
     _seed_everything(a.seed)
     t_setup = time.perf_counter()
-    classes, train_files, val_files = _split(a.data, a.val_fraction, a.seed)
+    split = json.loads(Path(a.split_file).read_text())
+    classes, train_files, val_files = split["class_names"], split["train"], split["val"]
     model, _ = build_model(a.model, len(classes), "auto", a.img_size)
     train_tf, val_tf, _ = build_transforms(model, a.img_size)
     ds_tr, ds_va = ImageFolder(a.data, transform=train_tf), ImageFolder(a.data, transform=val_tf)
@@ -158,9 +162,10 @@ def run_product(a: argparse.Namespace) -> dict:
 
     summary = run_experiment(cfg, store, run_id, on_event=on_event)
     rec = store.get(run_id)
-    _, train_files, val_files = _split(a.data, a.val_fraction, a.seed)
+    want = json.loads(Path(a.split_file).read_text())
+    train_files = want["train"]
     split = json.loads((store.run_dir(run_id) / "split.json").read_text())
-    if split["val"] != val_files or sorted(split["train"]) != sorted(train_files):
+    if split["val"] != want["val"] or split["train"] != want["train"]:
         raise SystemExit("the product's split differs from the reference's; the comparison would be unfair")
     epochs = []
     seen_s = 0.0
@@ -179,7 +184,8 @@ def _one(kind: str, a: argparse.Namespace, unfreeze: str) -> dict:
     cmd = [sys.executable, __file__, "--one", kind, "--unfreeze", unfreeze, "--data", a.data, "--model", a.model,
            "--img-size", str(a.img_size), "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
            "--lr", str(a.lr), "--backbone-lr-scale", str(a.backbone_lr_scale), "--seed", str(a.seed),
-           "--val-fraction", str(a.val_fraction), "--workers", str(a.workers), "--store", a.store]
+           "--val-fraction", str(a.val_fraction), "--workers", str(a.workers), "--store", a.store,
+           "--split-file", a.split_file]
     cmd += ["--no-feature-cache"] * a.no_feature_cache + ["--no-channels-last"] * a.no_channels_last
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if p.returncode != 0:
@@ -215,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one", choices=["reference", "product"], help=argparse.SUPPRESS)
     p.add_argument("--unfreeze", default="all", help=argparse.SUPPRESS)
     p.add_argument("--store", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--split-file", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one:
         print(json.dumps(run_reference(a) if a.one == "reference" else run_product(a)))
@@ -229,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.per_class:
             a.data = _subset(a.data, a.per_class, Path(tmp) / "data")
         a.store = str(Path(tmp) / "store")
+        a.split_file = str(Path(tmp) / "split.json")
+        Path(a.split_file).write_text(json.dumps(_split(a)))
         import torch
 
         print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
