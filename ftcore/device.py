@@ -12,7 +12,7 @@ import torch
 from .config import DEVICES
 from .errors import ConfigError
 
-__all__ = ["choose_device", "autocast_dtype", "pick_device", "machine_facts", "describe_device"]
+__all__ = ["choose_device", "autocast_dtype", "pick_device", "machine_facts", "describe_device", "device_summary"]
 
 
 def machine_facts() -> dict[str, bool]:
@@ -79,3 +79,16 @@ def describe_device(device: torch.device, amp: torch.dtype | None) -> str:
         except Exception:  # noqa: BLE001 - a description only
             pass
     return f"{name}, {'bfloat16 autocast' if amp == torch.bfloat16 else 'float32'}"
+
+
+def device_summary(requested: str = "auto") -> str:
+    """:func:`describe_device` of the device and autocast type a run with `requested` gets here.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`choose_device`.
+    """
+    f = machine_facts()
+    dev = torch.device(choose_device(requested, f["cuda"], f["mps"]))
+    return describe_device(dev, autocast_dtype(dev.type, f["cuda_bf16"]))

@@ -424,9 +424,9 @@ def step_cost_factor(groups: list, trainable: tuple[str, ...]) -> float:
 
 def _device_text(device: torch.device) -> str:
     """The device and its autocast type, as shown to the user (issue 4)."""
-    from .device import autocast_dtype, describe_device
+    from .device import device_summary
 
-    return describe_device(device, autocast_dtype(device.type, _bf16_ok(device)))
+    return device_summary(device.type)
 
 
 def _seed_everything(seed: int) -> None:
