@@ -13,9 +13,10 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from .config import AUGMENT_PRESETS, DEVICES, EARLY_STOPPING_METRICS, RunConfig
-from .errors import DatasetError, FtcoreError
+from .errors import ConfigError, DatasetError, FtcoreError
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -38,14 +39,23 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run configuration of ``train`` arguments: the --config file (if any), then every option given.
 
     Options left out (None) keep the file's value, or the default when there
-    is no file. ``--no-baseline`` sets ``train.baseline`` to False.
+    is no file. The file may lack sections or keys (e.g. the data folder,
+    given with --data); the merged result is validated. ``--no-baseline`` sets ``train.baseline`` to False.
 
     Raises
     ------
     ConfigError
         If the file cannot be read or a value is invalid.
     """
-    d = RunConfig.load(args.config).to_dict() if args.config else {}
+    d: dict = {}
+    if args.config:
+        try:
+            d = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read run configuration {args.config}: {e}") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"run configuration {args.config} is not a JSON object with sections backbone, freeze, "
+                              "data and train.")
     for dest, (section, key) in _OPTION_KEYS.items():
         value = getattr(args, dest, None)
         if value is not None:

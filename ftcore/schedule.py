@@ -114,7 +114,8 @@ def lr_factor(step: int, total_steps: int, warmup: int = 0, start: int = 0) -> f
     total_steps : int
         Steps of the whole training.
     warmup : int, default 0
-        Linear warm-up steps: step ``k < warmup`` gets ``(k + 1) / warmup``.
+        Linear warm-up steps: step ``k < warmup`` gets ``(k + 1) / (warmup + 1)``,
+        so the rate climbs in equal steps to the peak, reached at step ``warmup``.
     start : int, default 0
         Steps before this one get 0 (a group still frozen by gradual
         unfreezing).
@@ -128,7 +129,7 @@ def lr_factor(step: int, total_steps: int, warmup: int = 0, start: int = 0) -> f
     if step < start:
         return 0.0
     if step < warmup:
-        return (step + 1) / warmup
+        return (step + 1) / (warmup + 1)
     span = max(total_steps - warmup, 1)
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
 
