@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
-
-import json
 
 from ftcore.backbones import resolve_weights
 from ftcore.config import (AUGMENT_PRESETS, DEVICES, EARLY_STOPPING_METRICS, BackboneConfig, DataConfig, FreezeConfig,
