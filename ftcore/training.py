@@ -253,7 +253,8 @@ def fit(
     learn = {n for n, p in model.named_parameters() if p.requires_grad}
     if not learn:
         raise ConfigError(f"{name}: no parameter of the model is trainable; tick at least the head.")
-    groups = groups if groups is not None else layer_groups(model)
+    if groups is None or not learn <= {n for g in groups for n in g.param_names}:
+        groups = _own_groups(model)  # e.g. groups of a full model given with a model that holds only its tail
     params = dict(model.named_parameters())
     trainable_names = tuple(g.name for g in groups if any(n in learn for n in g.param_names))
     rates = group_peak_lrs(groups, trainable_names, train)
@@ -374,6 +375,17 @@ def fit(
     result.seconds = time.perf_counter() - t0
     result.images_per_second = n_seen / train_seconds if train_seconds > 0 else 0.0
     return result
+
+
+def _own_groups(model: nn.Module) -> list[LayerGroup]:
+    """Layer groups of `model`; one group holding everything (learning at the head's rate) when it has no head."""
+    from .errors import BackboneError
+
+    try:
+        return layer_groups(model)
+    except BackboneError:
+        names = tuple(n for n, _ in model.named_parameters())
+        return [LayerGroup(HEAD, 0, names, sum(p.numel() for p in model.parameters()))]
 
 
 def _bf16_ok(device: torch.device) -> bool:

@@ -277,3 +277,16 @@ def test_bfloat16_autocast_path_runs(monkeypatch):
     dtypes.clear()
     fit(model, tl, vl, TrainConfig(epochs=1, lr=0.01), "finetuned", CPU, groups=groups)  # "auto" on the CPU
     assert set(dtypes) == {torch.float32}
+
+
+def test_groups_that_do_not_name_the_models_parameters_are_recomputed():
+    """A model whose parameter names differ from the given groups' (a tail of the model) still trains every
+    trainable parameter."""
+    model, groups, _ = _frozen_model(unfreeze="all")
+    wrapped = nn.Sequential(model)  # names gain a "0." prefix
+    before = _state(wrapped)
+    tl, vl = _loaders()
+    fit(wrapped, tl, vl, TrainConfig(epochs=1, lr=0.01), "finetuned", CPU, groups=groups)
+    after = wrapped.state_dict()
+    moved = [k for k in before if k.endswith("weight") and not torch.equal(after[k], before[k])]
+    assert any(k.startswith("0.conv1") for k in moved) and any(k.startswith("0.fc") for k in moved)
