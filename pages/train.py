@@ -41,7 +41,7 @@ def learning_rates(train_cfg: TrainConfig) -> None:
     except FtcoreError as e:
         st.warning(f"Learning rates cannot be drawn: {e}")
         return
-    with st.expander("Learning rates", expanded=False):
+    with st.expander("Learning rates", expanded=True):
         left, right = st.columns(2)
         left.plotly_chart(rate_bars(group_peak_lrs(groups, trainable, train_cfg)), width="stretch")
         # 20 points per epoch: warm-up and unfreezing are counted in epochs, so the shape does not depend on
