@@ -17,11 +17,58 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
-from .config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
-from .errors import DatasetError, FtcoreError
+from .config import AUGMENT_PRESETS, CLASS_BALANCE, DEVICES, EARLY_STOPPING_METRICS, RunConfig
+from .errors import ConfigError, DatasetError, FtcoreError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "config_from_args"]
+
+#: Command-line option (argparse dest) -> (configuration section, key).
+_OPTION_KEYS = {
+    "data": ("data", "train_dir"), "val": ("data", "val_dir"), "val_fraction": ("data", "val_fraction"),
+    "model": ("backbone", "name"), "weights": ("backbone", "weights"), "unfreeze": ("freeze", "unfreeze"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "backbone_lr_scale": ("train", "backbone_lr_scale"), "layer_decay": ("train", "layer_decay"),
+    "warmup_epochs": ("train", "warmup_epochs"), "unfreeze_after": ("train", "unfreeze_after"),
+    "augment": ("train", "augment"), "label_smoothing": ("train", "label_smoothing"),
+    "weight_decay": ("train", "weight_decay"), "patience": ("train", "early_stopping_patience"),
+    "early_stopping_metric": ("train", "early_stopping_metric"), "update_bn": ("train", "update_bn"),
+    "img_size": ("train", "img_size"), "seed": ("train", "seed"), "device": ("train", "device"),
+    "workers": ("train", "num_workers"), "class_balance": ("train", "class_balance"),
+}
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run configuration of ``train`` arguments: the --config file (if any), then every option given.
+
+    Options left out (None) keep the file's value, or the default when there
+    is no file. The file may lack sections or keys (e.g. the data folder,
+    given with --data); the merged result is validated. ``--no-baseline`` sets ``train.baseline`` to False.
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read or a value is invalid.
+    """
+    d: dict = {}
+    if args.config:
+        try:
+            d = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read run configuration {args.config}: {e}") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"run configuration {args.config} is not a JSON object with sections backbone, freeze, "
+                              "data and train.")
+    for dest, (section, key) in _OPTION_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            d.setdefault(section, {})[key] = value
+    if args.no_baseline:
+        d.setdefault("train", {})["baseline"] = False
+    if getattr(args, "no_feature_cache", None):
+        d.setdefault("train", {})["feature_cache"] = False
+    return RunConfig.from_dict(d)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,27 +82,50 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m ftcore``."""
     p = _Parser(prog="python -m ftcore", description="Guided fine-tuning of timm image classifiers, headless.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    t = sub.add_parser("train", help="train the frozen baseline and the fine-tuned model on an image folder")
-    t.add_argument("--data", required=True, help="folder with one sub-folder per class (or train/ and val/)")
+    t = sub.add_parser("train", help="train the frozen baseline and the fine-tuned model on an image folder",
+                       description="Options given override the values of --config FILE; the others come from the "
+                                   "file, or are the defaults shown.")
+    t.add_argument("--config", default=None, metavar="FILE",
+                   help="a run configuration (config.json of an earlier run, or one saved from the dashboard)")
+    t.add_argument("--data", default=None, help="folder with one sub-folder per class (or train/ and val/)")
     t.add_argument("--val", default=None, help="separate validation folder (one sub-folder per class)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="held-out share per class when splitting (default 0.2)")
-    t.add_argument("--model", default="tf_efficientnet_lite0", help="timm backbone name (default tf_efficientnet_lite0)")
-    t.add_argument("--weights", default="auto", help="auto | FILE | none (random initialisation)")
-    t.add_argument("--unfreeze", default="all", help="head | all | last:N (default all)")
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
-    t.add_argument("--backbone-lr-scale", type=float, default=0.1,
+    t.add_argument("--val-fraction", type=float, default=None, help="held-out share per class when splitting (default 0.2)")
+    t.add_argument("--model", default=None, help="timm backbone name (default tf_efficientnet_lite0)")
+    t.add_argument("--weights", default=None, help="auto | FILE | none (random initialisation) (default auto)")
+    t.add_argument("--unfreeze", default=None,
+                   help="head | all | last:N | groups:NAME,NAME (layer groups or their sub-blocks) (default all)")
+    t.add_argument("--epochs", type=int, default=None, help="(default 3)")
+    t.add_argument("--batch-size", type=int, default=None, help="(default 32)")
+    t.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate of the head (default 1e-3)")
+    t.add_argument("--backbone-lr-scale", type=float, default=None,
                    help="unfrozen backbone groups learn at lr times this (default 0.1)")
-    t.add_argument("--update-bn", action="store_true",
+    t.add_argument("--layer-decay", type=float, default=None,
+                   help="layer-wise learning-rate decay: a group d groups before the head learns at lr * decay**d "
+                        "(replaces --backbone-lr-scale; 0.75 is usual)")
+    t.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up before the cosine decay (default 0)")
+    t.add_argument("--unfreeze-after", type=int, default=None,
+                   help="gradual unfreezing: train the head alone for this many epochs first (default 0)")
+    t.add_argument("--augment", choices=AUGMENT_PRESETS, default=None, help="augmentation preset (default light)")
+    t.add_argument("--label-smoothing", type=float, default=None, help="(default 0)")
+    t.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0.01)")
+    t.add_argument("--patience", type=int, default=None,
+                   help="early stopping: epochs without improvement before stopping; 0 is off (default 0)")
+    t.add_argument("--early-stopping-metric", choices=tuple(EARLY_STOPPING_METRICS), default=None,
+                   help="(default val_loss)")
+    t.add_argument("--update-bn", action="store_const", const=True, default=None,
                    help="let BatchNorm in unfrozen groups update its running statistics (default: kept)")
     t.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
-    t.add_argument("--no-baseline", action="store_true", help="skip the frozen baseline")
-    t.add_argument("--no-feature-cache", action="store_true",
+    t.add_argument("--seed", type=int, default=None, help="(default 0)")
+    t.add_argument("--device", choices=DEVICES, default=None, help="(default auto: CUDA, else MPS, else the CPU)")
+    t.add_argument("--workers", type=int, default=None, help="data-loader worker processes (default 0)")
+    t.add_argument("--no-baseline", action="store_const", const=True, default=None,
+                   help="skip the frozen baseline")
+    t.add_argument("--no-feature-cache", action="store_const", const=True, default=None,
                    help="run every layer each epoch instead of computing the frozen layers once (keeps fresh "
                         "augmentation before the first unfrozen group; slower)")
+    t.add_argument("--class-balance", choices=CLASS_BALANCE, default=None,
+                   help="for imbalanced classes: none, loss (class-weighted cross-entropy) or sampler (classes "
+                        "drawn equally often) (default none)")
     t.add_argument("--store", default=None, help="run store folder (default $FTCORE_HOME or ~/.ftcore)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     a = sub.add_parser("audit", help="read every image of a folder or zip once and say what training can use")
@@ -68,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--store", default=None)
     w.add_argument("run_id")
     return p
+
+
+def _train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
 
 
 def _progress_printer(stream):
@@ -97,16 +172,10 @@ def _train(args: argparse.Namespace) -> int:
     from .training import run_experiment
 
     try:
-        cfg = RunConfig(
-            backbone=BackboneConfig(args.model, args.weights),
-            freeze=FreezeConfig(args.unfreeze),
-            data=DataConfig(args.data, args.val, args.val_fraction),
-            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                              backbone_lr_scale=args.backbone_lr_scale, img_size=args.img_size,
-                              update_bn=args.update_bn,
-                              baseline=not args.no_baseline, seed=args.seed, num_workers=args.workers,
-                              feature_cache=not args.no_feature_cache),
-        )
+        cfg = config_from_args(args)
+        from .device import device_summary
+
+        device = device_summary(cfg.train.device)
         from .backbones import resolve_weights
         from .data import scan_layout
 
@@ -126,7 +195,7 @@ def _train(args: argparse.Namespace) -> int:
     except FtcoreError as e:
         print(f"python -m ftcore train: error: {e}", file=sys.stderr)
         return 1
-    print(f"run {run_id} in {store.root}", file=sys.stderr, flush=True)
+    print(f"run {run_id} in {store.root}; device: {device}", file=sys.stderr, flush=True)
     stop = {"flag": False}
 
     def on_signal(signum, frame):  # noqa: ARG001
@@ -153,7 +222,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"warning: folders with no usable image were not made classes: {', '.join(info['empty_classes'])}",
               file=sys.stderr)
     status = summary.pop("status")
-    out = {"run_id": run_id, "status": status, **summary}
+    out = {"run_id": run_id, "status": status, "device": device, **summary}
     if args.json:
         print(json.dumps(out))
     else:
@@ -216,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             stop["stop"] = True
 
         signal.signal(signal.SIGTERM, on_term)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and not args.data and not args.config:
+        _train_parser(parser).error("the following arguments are required: --data (or --config FILE)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "train":
         return _train(args)

@@ -23,11 +23,20 @@ __all__ = [
     "TrainConfig",
     "RunConfig",
     "parse_unfreeze",
+    "AUGMENT_PRESETS",
+    "EARLY_STOPPING_METRICS",
+    "DEVICES",
 ]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 #: Values of :attr:`TrainConfig.class_balance`.
 CLASS_BALANCE = ("none", "loss", "sampler")
+#: Augmentation presets of the training transform (see :func:`ftcore.augment.preset_transforms`).
+AUGMENT_PRESETS = ("none", "light", "standard")
+#: Validation metrics early stopping can watch, with the direction that is better.
+EARLY_STOPPING_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_macro_recall": "max"}
+#: Device choices (see :func:`ftcore.device.choose_device`).
+DEVICES = ("auto", "cpu", "cuda", "mps")
 _UNFREEZE_RE = re.compile(r"^(head|all|last:(\d+))$")
 
 
@@ -101,7 +110,10 @@ class FreezeConfig:
     unfreeze : str, default "all"
         A preset (see :func:`parse_unfreeze`), or ``"groups:"`` followed by a
         comma-separated list of layer group names (see
-        :func:`ftcore.layers.layer_groups`). The head is always trained.
+        :func:`ftcore.layers.layer_groups`). A name may also be a sub-block
+        of a group (a fine group from timm's ``group_matcher(coarse=False)``,
+        e.g. ``"groups:blocks.5.2,blocks.6"``): only that part of its group
+        learns. The head is always trained.
     """
 
     unfreeze: str = "all"
@@ -196,6 +208,37 @@ class TrainConfig:
         :func:`ftcore.data.class_weights` (scikit-learn's "balanced" weights);
         ``"sampler"``: batches drawn with every class equally likely
         (:func:`ftcore.data.balanced_sampler`). For imbalanced classes.
+    layer_decay : float or None, default None
+        Layer-wise learning-rate decay in (0, 1]: the head learns at ``lr``
+        and every layer group ``d`` groups before it at ``lr * layer_decay**d``
+        (Clark et al., "ELECTRA", 2020, appendix A; Bao et al., "BEiT", 2021,
+        section 2.6). None uses ``lr * backbone_lr_scale`` for every unfrozen
+        backbone group instead. See :func:`ftcore.schedule.group_peak_lrs`.
+    warmup_epochs : float, default 0.0
+        Epochs of linear warm-up from ``lr / warm-up steps`` to the peak
+        rate before the cosine decay, in [0, epochs); fractions of an epoch
+        are allowed (rounded to whole steps).
+    unfreeze_after : int, default 0
+        Gradual unfreezing: train the head alone for this many epochs, then
+        the ticked groups too (Howard & Ruder, "ULMFiT", 2018); 0 trains
+        every ticked group from the start. In [0, epochs).
+    augment : str, default "light"
+        Training augmentation preset: ``"none"`` (the deterministic
+        validation transform), ``"light"`` (random resized crop of 50 to 100%
+        of the area and horizontal flip) or ``"standard"`` (timm's ImageNet
+        recipe: crop of 8 to 100%, flip, RandAugment ``rand-m9-mstd0.5-inc1``).
+    label_smoothing : float, default 0.0
+        Label smoothing of the training cross-entropy in [0, 0.5] (Szegedy
+        et al., "Rethinking the Inception Architecture", 2016); 0.1 is usual.
+    early_stopping_patience : int, default 0
+        Stop when `early_stopping_metric` has not improved for this many
+        epochs, and keep the best epoch's weights; 0 turns it off.
+    early_stopping_metric : str, default "val_loss"
+        ``"val_loss"`` (lower is better), ``"val_accuracy"`` or
+        ``"val_macro_recall"`` (higher is better).
+    device : str, default "auto"
+        ``"auto"`` (CUDA, else Apple MPS, else the CPU), ``"cpu"``, ``"cuda"``
+        or ``"mps"``.
     """
 
     epochs: int = 3
@@ -211,6 +254,14 @@ class TrainConfig:
     feature_cache: bool = True
     channels_last: bool = True
     class_balance: str = "none"
+    layer_decay: float | None = None
+    warmup_epochs: float = 0.0
+    unfreeze_after: int = 0
+    augment: str = "light"
+    label_smoothing: float = 0.0
+    early_stopping_patience: int = 0
+    early_stopping_metric: str = "val_loss"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1, 1000)
@@ -231,6 +282,31 @@ class TrainConfig:
                               "'loss' or 'sampler' when some classes have many more images than others.")
         if not (0.0 <= _as_float(self.weight_decay) < 1.0):
             raise ConfigError(f"weight decay {self.weight_decay!r} is not in [0, 1); a usual value is 0.01.")
+        self._check_training_options()
+
+    def _check_training_options(self) -> None:
+        if self.layer_decay is not None and not (0.0 < _as_float(self.layer_decay) <= 1.0):
+            raise ConfigError(f"layer decay {self.layer_decay!r} is not in (0, 1]; 0.75 is usual (BEiT), or leave it "
+                              "unset to use the backbone learning-rate scale.")
+        if not (0.0 <= _as_float(self.warmup_epochs) < self.epochs):
+            raise ConfigError(f"warm-up epochs {self.warmup_epochs!r} is not in [0, {self.epochs}) (the number of "
+                              "epochs); use e.g. 1, or 0 for no warm-up.")
+        _check_int("unfreeze-after epochs", self.unfreeze_after, 0, 1000)
+        if self.unfreeze_after >= self.epochs:
+            raise ConfigError(f"unfreeze after {self.unfreeze_after} epochs is not below the {self.epochs} epochs of "
+                              "training, so the ticked groups would never learn; use fewer, or 0 to train them from "
+                              "the start.")
+        if self.augment not in AUGMENT_PRESETS:
+            raise ConfigError(f"augmentation preset {self.augment!r} is not one of {', '.join(AUGMENT_PRESETS)}.")
+        if not (0.0 <= _as_float(self.label_smoothing) <= 0.5):
+            raise ConfigError(f"label smoothing {self.label_smoothing!r} is not in [0, 0.5]; 0.1 is usual, 0 turns "
+                              "it off.")
+        _check_int("early-stopping patience", self.early_stopping_patience, 0, 1000)
+        if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
+            raise ConfigError(f"early-stopping metric {self.early_stopping_metric!r} is not one of "
+                              f"{', '.join(EARLY_STOPPING_METRICS)}.")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}.")
 
 
 def _as_float(value: Any) -> float:
@@ -256,6 +332,11 @@ class RunConfig:
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(train_dir="."))
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.unfreeze_after and self.freeze.unfreeze == "head":
+            raise ConfigError(f"unfreeze after {self.train.unfreeze_after} epochs needs layer groups to unfreeze, "
+                              "but the choice is 'head' only; tick groups or set unfreeze-after to 0.")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as plain JSON-able nested dicts."""

@@ -15,58 +15,63 @@ time).
 
 Pairs are found from one forward pass with hooks (a BatchNorm whose input is
 the very tensor a convolution returned) and kept only when the folded model
-gives the same logits as the original on real images; the original modules
-come back when the ``with`` block ends, so saved weights keep their names.
+gives the same logits as the original on real images. Only the two modules'
+``forward`` is replaced (an instance attribute), so module names, parameters
+and state-dict keys never change, and the class's own ``forward`` is back
+when the ``with`` block ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from timm.layers.conv2d_same import Conv2dSame, conv2d_same
 
-__all__ = ["bn_folded", "foldable_pairs"]
+__all__ = ["bn_folded", "foldable_pairs", "patch_forward"]
 
 log = logging.getLogger(__name__)
 
 
-def _after_norm(bn: nn.Module) -> nn.Module | None:
-    """What a BatchNorm module does after normalising: timm's BatchNormAct2d drops and activates."""
+def _foldable_norm(bn: nn.Module) -> bool:
+    """Plain BatchNorm2d, or timm's BatchNormAct2d (normalise, drop, activate); unknown subclasses may do more."""
     if type(bn) is nn.BatchNorm2d:
-        return nn.Identity()
+        return True
     try:
         from timm.layers.norm_act import BatchNormAct2d
     except ImportError:  # pragma: no cover - timm is a dependency
-        return None
-    if type(bn) is BatchNormAct2d:
-        return _DropAct(bn.drop, bn.act)
-    return None  # an unknown subclass may do more in forward: leave it alone
+        return False
+    return type(bn) is BatchNormAct2d
 
 
-class _DropAct(nn.Module):
-    def __init__(self, drop: nn.Module, act: nn.Module) -> None:
-        super().__init__()
-        self.drop = drop
-        self.act = act
+def patch_forward(module: nn.Module, forward) -> "Callable[[], None]":
+    """Give one module instance another ``forward``; return the function that undoes it.
 
-    def forward(self, x):
-        return self.act(self.drop(x))
+    The new function is an instance attribute, which shadows the class's
+    ``forward``: module names, parameters, buffers and hooks stay as they are.
+    Patches nest (the frozen-prefix stand-ins go over folded convolutions):
+    undoing restores whatever instance ``forward`` was there before.
+    """
+    had = "forward" in module.__dict__
+    previous = module.__dict__.get("forward")
+    module.forward = forward
+
+    def undo() -> None:
+        if had:
+            module.forward = previous
+        else:
+            module.__dict__.pop("forward", None)
+
+    return undo
 
 
-class _FoldedConv(nn.Module):
-    """A convolution followed by a fixed-statistics BatchNorm, computed as one convolution."""
+def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    """Forward of `conv` with the fixed-statistics `bn` after it merged in."""
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-        super().__init__()
-        self.conv = conv
-        self.bn = bn
-
-    def forward(self, x):
-        bn, conv = self.bn, self.conv
+    def forward(x):
         inv = torch.rsqrt(bn.running_var + bn.eps)
         scale = inv * bn.weight if bn.weight is not None else inv
         shift = -bn.running_mean * scale
@@ -75,7 +80,19 @@ class _FoldedConv(nn.Module):
         if conv.bias is not None:
             shift = shift + conv.bias * scale
         w = conv.weight * scale.reshape(-1, 1, 1, 1)
-        return functional_call(conv, {"weight": w, "bias": shift}, (x,))
+        if type(conv) is nn.Conv2d:
+            return conv._conv_forward(x, w, shift)
+        # timm's Conv2dSame (TensorFlow "same" padding), the only other convolution type folded.
+        return conv2d_same(x, w, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    return forward
+
+
+def _after_forward(bn: nn.Module):
+    """Forward of a folded BatchNorm module: what it does after normalising (timm: drop, then activation)."""
+    if type(bn) is nn.BatchNorm2d:
+        return lambda x: x
+    return lambda x: bn.act(bn.drop(x))
 
 
 def foldable_pairs(model: nn.Module, example: torch.Tensor, update_bn: bool = False) -> list[tuple[str, str]]:
@@ -101,12 +118,12 @@ def foldable_pairs(model: nn.Module, example: torch.Tensor, update_bn: bool = Fa
     calls: dict[str, int] = {}
     handles = []
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d) and m.groups >= 1 and type(m).__name__ in ("Conv2d", "Conv2dSame"):
+        if type(m) in (nn.Conv2d, Conv2dSame):
             def post(mod, args, out, name=name):  # noqa: ARG001
                 calls[name] = calls.get(name, 0) + 1
                 produced[id(out)] = name
             handles.append(m.register_forward_hook(post))
-        elif isinstance(m, nn.BatchNorm2d) and _after_norm(m) is not None and m.running_var is not None:
+        elif isinstance(m, nn.BatchNorm2d) and _foldable_norm(m) and m.running_var is not None:
             if update_bn and any(p.requires_grad for p in m.parameters()):
                 continue
 
@@ -127,14 +144,6 @@ def foldable_pairs(model: nn.Module, example: torch.Tensor, update_bn: bool = Fa
             h.remove()
     # A module called more than once (shared) cannot be folded safely.
     return [(c, b) for c, b in pairs if calls.get(c) == 1 and calls.get(b) == 1]
-
-
-def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    setattr(parent, child, new)
-    return old
 
 
 @contextlib.contextmanager
@@ -168,24 +177,27 @@ def bn_folded(model: nn.Module, example: torch.Tensor, update_bn: bool = False,
     model.eval()
     with torch.inference_mode():
         reference = model(example).float()
-    originals: list[tuple[str, nn.Module]] = []
+    patched: list = []  # undo functions
+
+    def undo() -> None:
+        for restore in reversed(patched):
+            restore()
+        patched.clear()
+
     try:
         for conv_name, bn_name in pairs:
             conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
-            originals.append((conv_name, _swap(model, conv_name, _FoldedConv(conv, bn))))
-            originals.append((bn_name, _swap(model, bn_name, _after_norm(bn))))
+            # Instance attributes shadow the class's forward; module names, parameters and hooks stay as they are.
+            patched += [patch_forward(conv, _folded_forward(conv, bn)), patch_forward(bn, _after_forward(bn))]
         with torch.inference_mode():
             folded = model(example).float()
         ok = folded.shape == reference.shape and torch.allclose(folded, reference, rtol=rtol, atol=atol)
         if not ok:
             log.info("folding BatchNorm changed the logits (max difference %.3g); training unfolded",
                      (folded - reference).abs().max().item())
-            for name, mod in reversed(originals):
-                _swap(model, name, mod)
-            originals.clear()
+            undo()
         model.train(was_training)
-        yield len(originals) // 2
+        yield len(patched) // 2
     finally:
-        for name, mod in reversed(originals):
-            _swap(model, name, mod)
+        undo()
         model.train(was_training)

@@ -31,6 +31,7 @@ __all__ = [
     "frozen_batchnorm_modules",
     "describe_layer_groups",
     "classifier_modules",
+    "trainable_param_names",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,17 @@ class LayerGroup:
         Names of the parameters in the group (``model.named_parameters()``).
     n_params : int
         Number of scalar parameters in the group.
+    parts : tuple of LayerGroup
+        The group's sub-blocks, from timm's ``group_matcher(coarse=False)``,
+        input to output, when it has more than one (else empty). A part's
+        name can be ticked on its own (``"groups:blocks.3.1"``).
     """
 
     name: str
     index: int
     param_names: tuple[str, ...]
     n_params: int
+    parts: tuple["LayerGroup", ...] = ()
 
     @property
     def is_head(self) -> bool:
@@ -151,6 +157,85 @@ def _label(names: list[str], coarse: bool) -> str:
     return " + ".join(labels)
 
 
+def _split_label(names: list[str], prefix: str) -> str:
+    """Label a fine group that spans several modules below `prefix` by each module's own prefix."""
+    by_next: dict[str, list[str]] = {}
+    for n in names:
+        rest = n[len(prefix) + 1:] if prefix else n
+        by_next.setdefault(rest.split(".")[0], []).append(n)
+    return " + ".join(_common_prefix(sub, 2) or f"{prefix}.{k}" for k, sub in by_next.items())
+
+
+def _grouped_names(model: nn.Module, coarse: bool) -> list[list[str]]:
+    """Parameter names per group, input to output, from ``group_matcher`` or top-level modules."""
+    try:
+        matcher = model.group_matcher(coarse=coarse)
+        grouped = group_parameters(model, matcher)
+        return [list(grouped[k]) for k in sorted(grouped)]
+    except Exception as e:  # absent, not implemented, or asserting for this grain (e.g. RDNet coarse)
+        log.info("%s: no usable group_matcher (%s); grouping by top-level module", type(model).__name__, e)
+        ordered = []
+        for child_name, child in model.named_children():
+            names = [f"{child_name}.{n}" for n, _ in child.named_parameters()]
+            if names:
+                ordered.append(names)
+        top = [n for n, _ in model.named_parameters(recurse=False)]
+        if top:
+            ordered.insert(0, top)
+        return ordered
+
+
+def _plain_groups(model: nn.Module, coarse: bool, clf_names: list[str]) -> list[LayerGroup]:
+    clf_set = set(clf_names)
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    raw: list[list[str]] = []
+    for names in _grouped_names(model, coarse):
+        body = [n for n in names if n not in clf_set]
+        if body:
+            raw.append(body)
+    groups: list[LayerGroup] = []
+    for i, names in enumerate(raw):
+        name = "stem" if i == 0 and len(raw) > 1 else _label(names, coarse)
+        if name == HEAD:
+            name = "head (features)"
+        groups.append(LayerGroup(name, i, tuple(names), sum(sizes[n] for n in names)))
+    if clf_names:
+        groups.append(LayerGroup(HEAD, len(groups), tuple(clf_names), sum(sizes[n] for n in clf_names)))
+    return _unique(groups)
+
+
+def _unique(groups: list[LayerGroup]) -> list[LayerGroup]:
+    """Make names unique (two groups can share a label, e.g. two unnamed tails)."""
+    seen: dict[str, int] = {}
+    out = []
+    for g in groups:
+        k = seen.get(g.name, 0)
+        seen[g.name] = k + 1
+        out.append(g if k == 0 else LayerGroup(f"{g.name} ({k + 1})", g.index, g.param_names, g.n_params, g.parts))
+    return out
+
+
+def _with_parts(coarse: list[LayerGroup], fine: list[LayerGroup], sizes: dict[str, int]) -> list[LayerGroup]:
+    """Attach to each coarse group the fine groups (or their share of it) that lie inside it."""
+    coarse_names = {g.name for g in coarse}
+    out = []
+    for g in coarse:
+        mine = set(g.param_names)
+        parts = []
+        for f in fine:
+            names = [n for n in f.param_names if n in mine]
+            if not names:
+                continue
+            name = f.name
+            if name in coarse_names and set(names) != mine:
+                # e.g. ConvNeXt's fine "stages.1" (downsample + first block) inside the coarse stage "stages.1"
+                name = _split_label(names, _common_prefix(names, 2))
+            parts.append(LayerGroup(name, f.index, tuple(names), sum(sizes[n] for n in names)))
+        keep = tuple(parts) if len(parts) > 1 and not g.is_head else ()
+        out.append(LayerGroup(g.name, g.index, g.param_names, g.n_params, keep))
+    return out
+
+
 def layer_groups(model: nn.Module, coarse: bool = True) -> list[LayerGroup]:
     """Split a timm model's parameters into layer groups, input to output.
 
@@ -161,7 +246,8 @@ def layer_groups(model: nn.Module, coarse: bool = True) -> list[LayerGroup]:
         including ``"meta"``.
     coarse : bool, default True
         Passed to ``model.group_matcher``: True gives stem, blocks or stages,
-        and head; False gives the finer sub-blocks.
+        and head, each with its sub-blocks in ``parts``; False gives the
+        finer sub-blocks themselves (without parts).
 
     Returns
     -------
@@ -175,76 +261,50 @@ def layer_groups(model: nn.Module, coarse: bool = True) -> list[LayerGroup]:
     child module, in registration order.
     """
     clf_names = _classifier_param_names(model)
-    clf_set = set(clf_names)
-    try:
-        matcher = model.group_matcher(coarse=coarse)
-        grouped = group_parameters(model, matcher)
-        ordered = [list(grouped[k]) for k in sorted(grouped)]
-    except Exception as e:  # absent, not implemented, or asserting for this grain (e.g. RDNet coarse)
-        log.info("%s: no usable group_matcher (%s); grouping by top-level module", type(model).__name__, e)
-        ordered = []
-        for child_name, child in model.named_children():
-            names = [f"{child_name}.{n}" for n, _ in child.named_parameters()]
-            if names:
-                ordered.append(names)
-        top = [n for n, _ in model.named_parameters(recurse=False)]
-        if top:
-            ordered.insert(0, top)
+    fine = _plain_groups(model, False, clf_names)
+    if not coarse:
+        return fine
     sizes = dict((n, p.numel()) for n, p in model.named_parameters())
-    raw: list[list[str]] = []
-    for names in ordered:
-        body = [n for n in names if n not in clf_set]
-        if body:
-            raw.append(body)
-    groups: list[LayerGroup] = []
-    for i, names in enumerate(raw):
-        name = "stem" if i == 0 and len(raw) > 1 else _label(names, coarse)
-        if name == HEAD:
-            name = "head (features)"
-        groups.append(LayerGroup(name, i, tuple(names), sum(sizes[n] for n in names)))
-    if clf_names:
-        groups.append(LayerGroup(HEAD, len(groups), tuple(clf_names), sum(sizes[n] for n in clf_names)))
-    # Make names unique (two groups can share a label, e.g. two unnamed tails).
-    seen: dict[str, int] = {}
-    out = []
-    for g in groups:
-        k = seen.get(g.name, 0)
-        seen[g.name] = k + 1
-        out.append(g if k == 0 else LayerGroup(f"{g.name} ({k + 1})", g.index, g.param_names, g.n_params))
-    return out
+    return _with_parts(_plain_groups(model, True, clf_names), fine, sizes)
 
 
 def trainable_group_names(groups: list[LayerGroup], unfreeze: str | FreezeConfig) -> tuple[str, ...]:
-    """Names of the layer groups that learn under a freezing choice.
+    """Names of the layer groups (or sub-blocks) that learn under a freezing choice.
 
     Parameters
     ----------
     groups : list of LayerGroup
-        From :func:`layer_groups`.
+        From :func:`layer_groups` (coarse, with their ``parts``).
     unfreeze : str or FreezeConfig
         ``"head"``, ``"all"``, ``"last:N"`` (the N groups before the head,
         plus the head; N larger than the number of groups means all) or
-        ``"groups:a,b,c"`` with layer group names.
+        ``"groups:a,b,c"`` with layer group names or names of their parts
+        (sub-blocks).
 
     Returns
     -------
     tuple of str
-        Trainable group names in model order; the head is always included.
+        Trainable group and part names in model order; the head is always
+        included. A group named with all its parts is returned once, by its
+        group name.
 
     Raises
     ------
     ConfigError
-        If a named group does not exist in the model.
+        If a named group or part does not exist in the model.
     """
     cfg = unfreeze if isinstance(unfreeze, FreezeConfig) else FreezeConfig(unfreeze)
     names = [g.name for g in groups]
     body = [n for n in names if n != HEAD]
     explicit = cfg.group_names
     if explicit is not None:
-        unknown = [n for n in explicit if n not in names]
+        part_names = {p.name for g in groups for p in g.parts}
+        unknown = [n for n in explicit if n not in names and n not in part_names]
         if unknown:
+            hint = "" if not part_names else " (or one of their sub-blocks, e.g. " + ", ".join(
+                sorted(part_names)[:3]) + ")"
             raise ConfigError(
-                f"layer groups {unknown} are not in this model; its groups are: {', '.join(names)}."
+                f"layer groups {unknown} are not in this model; its groups are: {', '.join(names)}{hint}."
             )
         chosen = set(explicit)
     else:
@@ -256,7 +316,39 @@ def trainable_group_names(groups: list[LayerGroup], unfreeze: str | FreezeConfig
         else:
             chosen = set(body[-n:]) if n <= len(body) else set(body)
     chosen.add(HEAD)
-    return tuple(n for n in names if n in chosen)
+    out: list[str] = []
+    for g in groups:
+        if g.name in chosen or (g.parts and all(p.name in chosen for p in g.parts)):
+            out.append(g.name)
+        else:
+            out.extend(p.name for p in g.parts if p.name in chosen)
+    return tuple(out)
+
+
+def trainable_param_names(groups: list[LayerGroup], trainable: tuple[str, ...] | list[str] | set[str]) -> set[str]:
+    """Parameter names in the named layer groups and parts.
+
+    Parameters
+    ----------
+    groups : list of LayerGroup
+        From :func:`layer_groups`.
+    trainable : iterable of str
+        Group and part names (from :func:`trainable_group_names`); names not
+        in `groups` are ignored.
+
+    Returns
+    -------
+    set of str
+    """
+    want = set(trainable)
+    out: set[str] = set()
+    for g in groups:
+        if g.name in want:
+            out.update(g.param_names)
+        for p in g.parts:
+            if p.name in want:
+                out.update(p.param_names)
+    return out
 
 
 def frozen_batchnorm_modules(model: nn.Module) -> list[nn.Module]:
@@ -295,7 +387,7 @@ def apply_freeze(model: nn.Module, groups: list[LayerGroup], trainable: tuple[st
     groups : list of LayerGroup
         From :func:`layer_groups` on the same model.
     trainable : tuple of str
-        Group names that learn (from :func:`trainable_group_names`).
+        Group and part names that learn (from :func:`trainable_group_names`).
 
     Returns
     -------
@@ -308,7 +400,8 @@ def apply_freeze(model: nn.Module, groups: list[LayerGroup], trainable: tuple[st
         If nothing would be trainable.
     """
     want = set(trainable)
-    learn = {n for g in groups if g.name in want for n in g.param_names}
+    learn = trainable_param_names(groups, want)
+    ordered = [n for g in groups for n in (g.name, *(p.name for p in g.parts)) if n in want]
     n_tr = n_fr = 0
     for name, p in model.named_parameters():
         p.requires_grad_(name in learn)
@@ -318,7 +411,7 @@ def apply_freeze(model: nn.Module, groups: list[LayerGroup], trainable: tuple[st
             n_fr += p.numel()
     if n_tr == 0:
         raise ConfigError("this choice leaves no parameter trainable; tick at least the head.")
-    return FreezeSummary(tuple(g.name for g in groups if g.name in want), n_tr, n_fr)
+    return FreezeSummary(tuple(dict.fromkeys(ordered)), n_tr, n_fr)
 
 
 def set_train_mode(model: nn.Module, update_bn: bool = False) -> None:

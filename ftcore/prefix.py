@@ -12,9 +12,9 @@ How the cut is made, for any timm model and without knowing its ``forward``:
    first trainable parameter to be used; candidate cut points are the entry
    and its enclosing modules, innermost first.
 2. For a candidate ``A``: every module whose calls all ended before ``A``
-   started is replaced by a stand-in that returns zeros of the shape it
-   returned (no work), and a forward pre-hook on ``A`` swaps its input for
-   the cached activation. Plain tensor code between modules (a position
+   started gets a stand-in ``forward`` that returns zeros of the shape it
+   returned (no work; its parameters and name stay), and a forward pre-hook
+   on ``A`` swaps its input for the cached activation. Plain tensor code between modules (a position
    embedding added in ``forward``, a flatten) still runs, on zeros, and its
    result is discarded at ``A``.
 3. The candidate is accepted only when, in eval mode on real images, the cut
@@ -38,6 +38,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from .fold import patch_forward
+
 __all__ = ["PrefixCut", "find_prefix_cut", "compute_features", "cut_applied", "feature_bytes"]
 
 log = logging.getLogger(__name__)
@@ -47,26 +49,14 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass early."""
 
 
-class _ZerosLike(nn.Module):
-    """Stand-in for a frozen prefix module: returns zeros of its recorded output shape."""
+def _zeros_forward(shape: tuple[int, ...], dtype: torch.dtype):
+    """Forward of a frozen prefix module while the prefix is cached: zeros of the shape it returned, no work."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, original: nn.Module) -> None:
-        super().__init__()
-        self.shape = shape
-        self.dtype = dtype
-        # Attributes the model's forward reads (a ViT asks its patch embedding for ``grid_size``) come
-        # from the original, which is kept out of the module tree so that its parameters do not count.
-        object.__setattr__(self, "_original", original)
+    def forward(x, *args, **kwargs):  # noqa: ARG001 - the signature of the module it stands for
+        batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else shape[0]
+        return torch.zeros((batch, *shape[1:]), dtype=dtype, device=x.device)
 
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_original"), name)
-
-    def forward(self, x, *args, **kwargs):  # noqa: ARG002 - signature of the module it stands for
-        batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else self.shape[0]
-        return torch.zeros((batch, *self.shape[1:]), dtype=self.dtype, device=x.device)
+    return forward
 
 
 @dataclass
@@ -210,14 +200,6 @@ def _candidate(model: nn.Module, modules: dict, events: list, entry: str, total_
                      _shapes=shapes)
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    setattr(parent, child, new)
-    return old
-
-
 @torch.inference_mode()
 def compute_features(
     model: nn.Module, cut: PrefixCut, batches: Iterable[torch.Tensor],
@@ -275,8 +257,9 @@ def cut_applied(model: nn.Module, cut: PrefixCut) -> Iterator[Callable[[torch.Te
 
     Inside the block, ``run(f)`` for a batch of cached activations ``f``
     (Tensor of shape (batch, *cut.feature_shape)) returns the model's logits,
-    with gradients for the trainable part. On exit the original modules are
-    put back, so the model's ``state_dict`` is complete again.
+    with gradients for the trainable part. Only the prefix modules' ``forward``
+    is replaced, so names, parameters and the ``state_dict`` never change;
+    on exit the class's ``forward`` is back.
     """
     entry = model.get_submodule(cut.entry)
     feed: list[torch.Tensor] = []
@@ -284,11 +267,10 @@ def cut_applied(model: nn.Module, cut: PrefixCut) -> Iterator[Callable[[torch.Te
     def inject(mod, args):  # noqa: ARG001
         return (feed[-1], *args[1:])
 
-    originals = {}
+    patched = []
     for name in cut.replaced:
         shape, dtype = cut._shapes[name]
-        original = model.get_submodule(name)
-        originals[name] = _set_module(model, name, _ZerosLike(shape, dtype, original))
+        patched.append(patch_forward(model.get_submodule(name), _zeros_forward(shape, dtype)))
     h = entry.register_forward_pre_hook(inject)
 
     def run(features: torch.Tensor) -> torch.Tensor:
@@ -302,8 +284,8 @@ def cut_applied(model: nn.Module, cut: PrefixCut) -> Iterator[Callable[[torch.Te
         yield run
     finally:
         h.remove()
-        for name, mod in originals.items():
-            _set_module(model, name, mod)
+        for undo in reversed(patched):
+            undo()
 
 
 def feature_bytes(cut: PrefixCut, n_images: int) -> int:

@@ -2,7 +2,7 @@
 
 Layout under the store root (``$FTCORE_HOME``, default ``~/.ftcore``)::
 
-    runs.sqlite3             runs, per-epoch metrics, live progress
+    runs.sqlite3             runs, per-epoch metrics, per-layer-group statistics, live progress
     runs/<run_id>/config.json
     runs/<run_id>/<model>_predictions.npz   validation labels, predictions, probabilities
     runs/<run_id>/finetuned.safetensors     fine-tuned weights
@@ -64,6 +64,15 @@ CREATE TABLE IF NOT EXISTS epochs (
     val_loss REAL, val_accuracy REAL, val_macro_recall REAL,
     seconds REAL, images_per_second REAL,
     PRIMARY KEY (run_id, model, epoch)
+);
+CREATE TABLE IF NOT EXISTS layer_stats (
+    run_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    layer_group TEXT NOT NULL,
+    group_index INTEGER NOT NULL,
+    relative_change REAL, grad_norm REAL, lr REAL, trainable INTEGER NOT NULL,
+    PRIMARY KEY (run_id, model, epoch, layer_group)
 );
 """
 
@@ -271,6 +280,41 @@ class RunStore:
                 (run_id, model, int(epoch), *[None if v is None else float(v) for v in metrics.values()]),
             )
 
+    def add_layer_stats(self, run_id: str, model: str, epoch: int, stats) -> None:
+        """Record one epoch's per-layer-group statistics of `model`.
+
+        Parameters
+        ----------
+        run_id, model : str
+        epoch : int
+            1-based.
+        stats : iterable of ftcore.monitor.LayerStats
+            Relative weight change ``||w - w0|| / ||w0||``, mean gradient
+            norm and mean learning rate per group (see
+            :class:`ftcore.monitor.LayerStats`).
+        """
+        rows = [(run_id, model, int(epoch), s.group, int(s.index), _real(s.relative_change), _real(s.grad_norm),
+                 _real(s.lr), int(bool(s.trainable))) for s in stats]
+        if not rows:
+            return
+        with self._connect() as con:
+            con.executemany(
+                "INSERT OR REPLACE INTO layer_stats (run_id, model, epoch, layer_group, group_index, relative_change, "
+                "grad_norm, lr, trainable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def layer_stats(self, run_id: str) -> pd.DataFrame:
+        """Per-layer-group statistics: columns ``model``, ``epoch``, ``layer_group``, ``group_index``,
+        ``relative_change``, ``grad_norm``, ``lr`` and ``trainable`` (bool); empty for runs made before
+        they were recorded."""
+        cols = ["model", "epoch", "layer_group", "group_index", "relative_change", "grad_norm", "lr", "trainable"]
+        with self._connect() as con:
+            rows = con.execute(
+                f"SELECT {', '.join(cols)} FROM layer_stats WHERE run_id = ? ORDER BY model, epoch, group_index",
+                (run_id,)).fetchall()
+        df = pd.DataFrame([tuple(r) for r in rows], columns=cols)
+        df["trainable"] = df["trainable"].astype(bool)
+        return df
+
     def epochs(self, run_id: str) -> pd.DataFrame:
         """Per-epoch metrics of both models: columns ``model``, ``epoch`` and ``EPOCH_COLUMNS``."""
         with self._connect() as con:
@@ -301,6 +345,12 @@ class RunStore:
         p = self.run_dir(run_id) / name
         p.write_text(json.dumps(obj, indent=2, default=_json_default), encoding="utf-8")
         return p
+
+
+def _real(v: Any) -> float | None:
+    """A float for SQLite; None for NaN (SQLite has no NaN)."""
+    v = float(v)
+    return None if v != v else v
 
 
 def _json_default(o: Any) -> Any:

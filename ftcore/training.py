@@ -22,12 +22,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from .backbones import build_model
-from .config import RunConfig, TrainConfig
-from .data import ArrayImageDataset, DatasetSplit, build_transforms, prepare_split
-from .errors import TrainingError
+from .augment import preset_transforms
+from .config import EARLY_STOPPING_METRICS, RunConfig, TrainConfig
+from .data import ArrayImageDataset, DatasetSplit, balanced_sampler, class_weights, prepare_split
+from .errors import ConfigError, TrainingError
 from .fold import bn_folded
-from .layers import apply_freeze, classifier_modules, layer_groups, set_train_mode, trainable_group_names
+from .layers import HEAD, LayerGroup, apply_freeze, layer_groups, set_train_mode, trainable_group_names
 from .metrics import macro_recall
+from .monitor import LayerStats
 from .prefix import compute_features, cut_applied, feature_bytes, find_prefix_cut
 
 __all__ = ["StepEvent", "EpochEvent", "FitResult", "fit", "run_experiment", "pick_device", "Cancelled",
@@ -93,6 +95,7 @@ class EpochEvent:
     val_macro_recall: float
     seconds: float
     images_per_second: float
+    layers: tuple[LayerStats, ...] = ()
 
 
 @dataclass
@@ -111,6 +114,11 @@ class FitResult:
     images_per_second : float
         Training images per second over all epochs (training part only).
     cancelled : bool
+    best_epoch : int or None
+        With early stopping: the epoch (1-based) whose weights the model
+        holds at the end; None without early stopping.
+    stopped_early : bool
+        Early stopping ended training before the last epoch.
     """
 
     history: list[EpochEvent] = field(default_factory=list)
@@ -120,15 +128,22 @@ class FitResult:
     seconds: float = 0.0
     images_per_second: float = 0.0
     cancelled: bool = False
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    @property
+    def final(self) -> EpochEvent | None:
+        """The epoch whose weights the model holds: the best one with early stopping, else the last."""
+        if not self.history:
+            return None
+        return self.history[self.best_epoch - 1] if self.best_epoch else self.history[-1]
 
 
-def pick_device() -> torch.device:
-    """CUDA if available, else Apple MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA if available, else Apple MPS, else the CPU (see :func:`ftcore.device.choose_device`)."""
+    from .device import pick_device as _pick
+
+    return _pick(requested)
 
 
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -142,8 +157,9 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
 def evaluate(
     model: nn.Module, loader: DataLoader, device: torch.device, should_stop: Callable[[], bool] | None = None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None, channels_last: bool = False,
+    amp_dtype: torch.dtype | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Evaluate a model in eval mode with deterministic inputs.
+    """Evaluate a model in eval mode with deterministic inputs (autocast in `amp_dtype` when given).
 
     `forward` (default: the model itself) maps a batch to logits, e.g. a
     cut model's ``run`` (:func:`ftcore.prefix.cut_applied`) for batches of
@@ -163,7 +179,9 @@ def evaluate(
         if should_stop is not None and should_stop():
             return None
         x, y = _to_device(x, device, channels_last), y.to(device)
-        out = (forward or model)(x).float()
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out = (forward or model)(x)
+        out = out.float()
         losses.append(nn.functional.cross_entropy(out, y, reduction="sum").item())
         n += y.numel()
         ys.append(y.cpu())
@@ -171,6 +189,11 @@ def evaluate(
     p = torch.cat(probs).numpy().astype(np.float32)
     yt = torch.cat(ys).numpy().astype(np.int64)
     return sum(losses) / max(n, 1), yt, p.argmax(1).astype(np.int64), p
+
+
+def _set_body_grad(params: list[nn.Parameter], on: bool) -> None:
+    for p in params:
+        p.requires_grad_(on)
 
 
 def fit(
@@ -183,10 +206,14 @@ def fit(
     on_step: Callable[[StepEvent], None] | None = None,
     on_epoch: Callable[[EpochEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     channels_last: bool = False,
+    groups: list[LayerGroup] | None = None,
+    loss_weights: torch.Tensor | None = None,
+    amp_dtype: torch.dtype | None | str = "auto",
 ) -> FitResult:
-    """Train the trainable parameters of `model` with AdamW and a cosine schedule.
+    """Train the trainable parameters of `model` with AdamW, per-group rates, warm-up and a cosine decay.
 
     Parameters
     ----------
@@ -198,13 +225,16 @@ def fit(
         Batches of (Tensor of shape (batch, 3, height, width), Tensor of
         int64 labels of shape (batch,)).
     train : TrainConfig
-        Epochs, learning rates (peak, per step: the head's ``lr``, unfrozen
-        backbone groups ``lr * backbone_lr_scale``) and weight decay.
+        Epochs; peak learning rates per layer group
+        (:func:`ftcore.schedule.group_peak_lrs`), warm-up and cosine decay
+        (:func:`ftcore.schedule.lr_factor`); gradual unfreezing
+        (``unfreeze_after``); weight decay; label smoothing; early stopping.
     name : str
         Model label in events (``"baseline"`` or ``"finetuned"``).
     device : torch.device
     on_step, on_epoch : callable or None
-        Receive :class:`StepEvent` / :class:`EpochEvent`.
+        Receive :class:`StepEvent` / :class:`EpochEvent` (the latter with
+        per-group :class:`ftcore.monitor.LayerStats` in ``layers``).
     should_stop : callable or None
         Polled before every batch; when it returns True the loop ends and the
         result has ``cancelled=True``.
@@ -215,89 +245,185 @@ def fit(
     channels_last : bool, default False
         Convert 4-d batches to the ``channels_last`` memory layout (the model
         must be converted by the caller).
+    groups : list of LayerGroup or None, default None
+        Coarse layer groups of `model` (the unit of learning rates and
+        statistics); None computes them with :func:`ftcore.layers.layer_groups`.
+    loss_weights : Tensor of shape (n_classes,) or None, default None
+        Class weights of the training cross-entropy (e.g. inverse class
+        frequencies for imbalanced data); None weighs all classes alike.
+        The validation loss is always unweighted and unsmoothed.
+    amp_dtype : torch.dtype, None or "auto", default "auto"
+        Autocast data type; "auto" uses :func:`ftcore.device.autocast_dtype`
+        (bfloat16 on a CUDA device that supports it, else float32).
 
     Returns
     -------
     FitResult
+        With early stopping, the model holds the best epoch's weights and
+        ``val_*`` are that epoch's; ``best_epoch`` names it.
 
     Raises
     ------
+    ConfigError
+        If no parameter of `model` is trainable.
     TrainingError
-        If the loss becomes NaN or infinite (names the step and learning rate).
+        If the loss becomes NaN or infinite: the weights of the last finished
+        epoch (or the starting ones) are restored first, and the message
+        names the step and learning rate and suggests a lower rate. The
+        error's ``result`` holds the finished epochs.
     """
-    head_ids = {id(p) for m in classifier_modules(model) for p in m.parameters()}
-    head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
-    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups = [{"params": head, "lr": train.lr}]
-    if body:
-        groups.append({"params": body, "lr": train.lr * train.backbone_lr_scale})
-    opt = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
-    total = train.epochs * len(train_loader)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
+    from .device import autocast_dtype
+    from .monitor import LayerMonitor, restore, snapshot
+    from .schedule import group_peak_lrs, lr_factor, warmup_steps
+
+    learn = {n for n, p in model.named_parameters() if p.requires_grad}
+    if not learn:
+        raise ConfigError(f"{name}: no parameter of the model is trainable; tick at least the head.")
+    if groups is None or not learn <= {n for g in groups for n in g.param_names}:
+        groups = _own_groups(model)  # e.g. groups of a full model given with a model that holds only its tail
+    params = dict(model.named_parameters())
+    trainable_names = tuple(g.name for g in groups if any(n in learn for n in g.param_names))
+    rates = group_peak_lrs(groups, trainable_names, train)
+    opt_groups, body_params = [], []
+    for g, r in sorted(zip(groups, rates), key=lambda gr: gr[1].distance):  # head first
+        ps = [params[n] for n in g.param_names if n in learn]
+        if ps:
+            opt_groups.append({"params": ps, "lr": r.lr, "layer_group": g.name})
+            if not g.is_head:
+                body_params.extend(ps)
+    opt = torch.optim.AdamW(opt_groups, lr=train.lr, weight_decay=train.weight_decay)
+    spe = len(train_loader)
+    total = train.epochs * spe
+    warm = warmup_steps(train, spe)
+    unfreeze_step = train.unfreeze_after * spe if body_params else 0
+    starts = [0 if g["layer_group"] == HEAD else unfreeze_step for g in opt_groups]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, [lambda k, s=s: lr_factor(k, total, warm, s) for s in starts])
+    amp = autocast_dtype(device.type, _bf16_ok(device)) if amp_dtype == "auto" else amp_dtype
+    monitor = LayerMonitor(model, groups)
+    group_pos = {g.name: i for i, g in enumerate(groups)}
+    lr_slots = [group_pos[g["layer_group"]] for g in opt_groups]
+    weights = loss_weights.to(device) if loss_weights is not None else None
+    good, good_epoch = snapshot(model, learn), 0
+    metric = train.early_stopping_metric
+    sign = 1.0 if EARLY_STOPPING_METRICS[metric] == "min" else -1.0
+    best: tuple[float, int, dict, tuple] | None = None  # (score, epoch, weights, val arrays)
     result = FitResult()
     t0 = time.perf_counter()
     train_seconds = 0.0
     n_seen = 0
     step = 0
-    for epoch in range(1, train.epochs + 1):
-        te = time.perf_counter()
-        set_train_mode(model, train.update_bn)
-        loss_sum, ys, preds = 0.0, [], []
-        tb = time.perf_counter()  # training time counts reading and augmenting the batch too
-        for x, y in train_loader:
-            if should_stop is not None and should_stop():
+    try:
+        for epoch in range(1, train.epochs + 1):
+            te = time.perf_counter()
+            _set_body_grad(body_params, epoch > train.unfreeze_after)
+            set_train_mode(model, train.update_bn)
+            loss_sum, ys, preds = 0.0, [], []
+            tb = time.perf_counter()  # training time counts reading and augmenting the batch too
+            for x, y in train_loader:
+                if should_stop is not None and should_stop():
+                    result.cancelled = True
+                    break
+                x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    out = (forward or model)(x)
+                out = out.float()
+                loss = nn.functional.cross_entropy(out, y, weight=weights, label_smoothing=train.label_smoothing)
+                lr = opt.param_groups[0]["lr"]
+                if not torch.isfinite(loss):
+                    restore(model, good)
+                    restored = f"after epoch {good_epoch}" if good_epoch else "from before training"
+                    err = TrainingError(
+                        f"{name}: the loss became {loss.item()} at step {step + 1} (epoch {epoch}) with learning "
+                        f"rate {lr:.3g}; try a learning rate ten times lower (a peak rate of {train.lr / 10:.3g} "
+                        f"instead of {train.lr:.3g}). The weights {restored} were restored."
+                    )
+                    err.result = result
+                    raise err
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                lrs = [0.0] * len(groups)
+                for slot, g in zip(lr_slots, opt.param_groups):
+                    lrs[slot] = g["lr"]
+                monitor.record_step(lrs)
+                opt.step()
+                sched.step()
+                step += 1
+                n_seen += y.numel()
+                loss_sum += loss.item() * y.numel()
+                ys.append(y.detach().cpu())
+                preds.append(out.detach().argmax(1).cpu())
+                train_seconds += time.perf_counter() - tb
+                if on_step is not None:
+                    on_step(StepEvent(name, epoch, step, total, float(loss.item()), float(lr),
+                                      time.perf_counter() - t0))
+                tb = time.perf_counter()
+            if result.cancelled:
+                break
+            yt = torch.cat(ys).numpy()
+            yp = torch.cat(preds).numpy()
+            evaluated = evaluate(model, val_loader, device, should_stop, forward, channels_last, amp_dtype=amp)
+            if evaluated is None:
                 result.cancelled = True
                 break
-            x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
-            out = (forward or model)(x)
-            loss = nn.functional.cross_entropy(out, y)
-            lr = opt.param_groups[0]["lr"]
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"{name}: the loss became {loss.item()} at step {step + 1} (epoch {epoch}) with learning rate "
-                    f"{lr:.3g}; try a learning rate ten times lower."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            n_seen += y.numel()
-            loss_sum += loss.item() * y.numel()
-            ys.append(y.detach().cpu())
-            preds.append(out.detach().argmax(1).cpu())
-            train_seconds += time.perf_counter() - tb
-            if on_step is not None:
-                on_step(StepEvent(name, epoch, step, total, float(loss.item()), float(lr), time.perf_counter() - t0))
-            tb = time.perf_counter()
-        if result.cancelled:
-            break
-        yt = torch.cat(ys).numpy()
-        yp = torch.cat(preds).numpy()
-        evaluated = evaluate(model, val_loader, device, should_stop, forward, channels_last)
-        if evaluated is None:
-            result.cancelled = True
-            break
-        val_loss, vt, vp, vprob = evaluated
-        result.val_true, result.val_pred, result.val_probs = vt, vp, vprob
-        n_classes = vprob.shape[1]
-        ev = EpochEvent(
-            model=name, epoch=epoch, epochs=train.epochs,
-            train_loss=loss_sum / max(len(yt), 1),
-            train_accuracy=float((yt == yp).mean()) if len(yt) else 0.0,
-            train_macro_recall=macro_recall(yt, yp, n_classes),
-            val_loss=val_loss,
-            val_accuracy=float((vt == vp).mean()) if len(vt) else 0.0,
-            val_macro_recall=macro_recall(vt, vp, n_classes),
-            seconds=time.perf_counter() - te,
-            images_per_second=n_seen / train_seconds if train_seconds > 0 else 0.0,
-        )
-        result.history.append(ev)
-        if on_epoch is not None:
-            on_epoch(ev)
+            val_loss, vt, vp, vprob = evaluated
+            result.val_true, result.val_pred, result.val_probs = vt, vp, vprob
+            n_classes = vprob.shape[1]
+            ev = EpochEvent(
+                model=name, epoch=epoch, epochs=train.epochs,
+                train_loss=loss_sum / max(len(yt), 1),
+                train_accuracy=float((yt == yp).mean()) if len(yt) else 0.0,
+                train_macro_recall=macro_recall(yt, yp, n_classes),
+                val_loss=val_loss,
+                val_accuracy=float((vt == vp).mean()) if len(vt) else 0.0,
+                val_macro_recall=macro_recall(vt, vp, n_classes),
+                seconds=time.perf_counter() - te,
+                images_per_second=n_seen / train_seconds if train_seconds > 0 else 0.0,
+                layers=monitor.epoch_stats(),
+            )
+            result.history.append(ev)
+            good, good_epoch = snapshot(model, learn), epoch
+            if on_epoch is not None:
+                on_epoch(ev)
+            if train.early_stopping_patience:
+                score = sign * getattr(ev, metric)
+                if best is None or score < best[0]:
+                    best = (score, epoch, good, (vt, vp, vprob))
+                elif epoch - best[1] >= train.early_stopping_patience:
+                    result.stopped_early = True
+                    break
+    finally:
+        _set_body_grad(body_params, True)
+    if best is not None:
+        result.best_epoch = best[1]
+        if best[1] != len(result.history):
+            restore(model, best[2])
+            result.val_true, result.val_pred, result.val_probs = best[3]
     result.seconds = time.perf_counter() - t0
     result.images_per_second = n_seen / train_seconds if train_seconds > 0 else 0.0
     return result
+
+
+def _own_groups(model: nn.Module) -> list[LayerGroup]:
+    """Layer groups of `model`; one group holding everything (learning at the head's rate) when it has no head."""
+    from .errors import BackboneError
+
+    try:
+        return layer_groups(model)
+    except BackboneError:
+        names = tuple(n for n, _ in model.named_parameters())
+        return [LayerGroup(HEAD, 0, names, sum(p.numel() for p in model.parameters()))]
+
+
+def _bf16_ok(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _order(labels: np.ndarray, n_classes: int, train: TrainConfig, seed: int) -> dict:
+    """DataLoader arguments of the training order: shuffled, or drawn class-balanced (``class_balance="sampler"``)."""
+    if train.class_balance == "sampler":
+        return {"sampler": balanced_sampler(labels, n_classes, seed)}
+    return {"shuffle": True}
 
 
 def _loaders(split: DatasetSplit, train_tf, val_tf, train: TrainConfig, seed: int) -> tuple[DataLoader, DataLoader]:
@@ -307,8 +433,9 @@ def _loaders(split: DatasetSplit, train_tf, val_tf, train: TrainConfig, seed: in
     drop_last = n_train % bs == 1
     g = torch.Generator().manual_seed(seed)
     tl = DataLoader(ArrayImageDataset(split.train_images, split.train_labels, train_tf), batch_size=bs,
-                    shuffle=True, drop_last=drop_last, generator=g, num_workers=train.num_workers,
-                    persistent_workers=train.num_workers > 0)
+                    drop_last=drop_last, generator=g, num_workers=train.num_workers,
+                    persistent_workers=train.num_workers > 0,
+                    **_order(split.train_labels, len(split.class_names), train, seed))
     vl = DataLoader(ArrayImageDataset(split.val_images, split.val_labels, val_tf), batch_size=max(bs, 64),
                     shuffle=False, num_workers=train.num_workers, persistent_workers=train.num_workers > 0)
     return tl, vl
@@ -416,8 +543,9 @@ def _prefix_inputs(model, example: torch.Tensor, split: DatasetSplit, val_tf, tc
     seconds = time.perf_counter() - t0
     bs = tl.batch_size
     g = torch.Generator().manual_seed(tc.seed)
-    mtl = DataLoader(TensorDataset(train_feats, torch.as_tensor(split.train_labels)), batch_size=bs, shuffle=True,
-                     drop_last=tl.drop_last, generator=g)
+    mtl = DataLoader(TensorDataset(train_feats, torch.as_tensor(split.train_labels)), batch_size=bs,
+                     drop_last=tl.drop_last, generator=g,
+                     **_order(split.train_labels, len(split.class_names), tc, tc.seed))
     mvl = DataLoader(TensorDataset(val_feats, torch.as_tensor(split.val_labels)), batch_size=vl.batch_size)
     info = {"used": True, "entry": cut.entry, "feature_shape": list(cut.feature_shape),
             "bytes": need, "prefix_param_share": round(cut.prefix_share, 4),
@@ -428,6 +556,13 @@ def _prefix_inputs(model, example: torch.Tensor, split: DatasetSplit, val_tf, tc
 def _first_module_trains(model: nn.Module) -> bool:
     first = next((p for p in model.parameters()), None)
     return first is not None and first.requires_grad
+
+
+def _device_text(device: torch.device) -> str:
+    """The device and its autocast type, as shown to the user (issue 4)."""
+    from .device import device_summary
+
+    return device_summary(device.type)
 
 
 def _seed_everything(seed: int) -> None:
@@ -482,11 +617,11 @@ def run_experiment(
     summary: dict = {}
     try:
         store.update(run_id, status="running", phase="preparing", message="building the backbone")
-        device = pick_device()
+        device = pick_device(tc.device)
         threads = set_threads(tc.num_workers)
         # Build once to learn transforms; class count is set after the scan.
         probe, src = build_model(config.backbone.name, 2, config.backbone.weights, tc.img_size)
-        train_tf, val_tf, short = build_transforms(probe, tc.img_size)
+        train_tf, val_tf, short = preset_transforms(probe, tc.img_size, tc.augment)  # issue 4: augmentation preset
         del probe
 
         def progress(done: int, total: int) -> None:
@@ -500,7 +635,8 @@ def run_experiment(
                               store_root=store.root)
         n_classes = len(split.class_names)
         store.merge_info(
-            run_id, device=str(device), threads=threads, weights=src.describe(), weights_kind=src.kind,
+            run_id, device=str(device), device_text=_device_text(device), threads=threads, weights=src.describe(),
+            weights_kind=src.kind,
             class_names=split.class_names, layout=split.layout, counts=split.counts(),
             skipped=[p.__dict__ for p in split.problems if p.action == "skipped"],
             majority_accuracy=split.majority_accuracy, data_warnings=list(split.warnings),
@@ -509,6 +645,8 @@ def run_experiment(
         store.save_json(run_id, "split.json", {"train": split.train_files, "val": split.val_files,
                                                "class_names": split.class_names})
         tl, vl = _loaders(split, train_tf, val_tf, tc, tc.seed)
+        # Class-weighted cross-entropy for imbalanced classes (the validation loss stays unweighted).
+        loss_weights = class_weights(split.train_labels, n_classes).to(device) if tc.class_balance == "loss" else None
         plan = [m for m in MODELS if tc.baseline or m == "finetuned"]
         steps_per_model = tc.epochs * len(tl)
         total_steps = steps_per_model * len(plan)
@@ -565,20 +703,22 @@ def run_experiment(
                     store.add_epoch(run_id, ev.model, ev.epoch, **{k: getattr(ev, k) for k in (
                         "train_loss", "train_accuracy", "train_macro_recall", "val_loss", "val_accuracy",
                         "val_macro_recall", "seconds", "images_per_second")})
+                    store.add_layer_stats(run_id, ev.model, ev.epoch, ev.layers)  # what training did per group
                     if on_event:
                         on_event(ev)
 
                 forward = paths.enter_context(cut_applied(model, cut)) if cut is not None else None
                 res = fit(model, mtl, mvl, tc, model_name, device, on_step, on_epoch, stop, forward=forward,
-                          channels_last=channels_last)
+                          channels_last=channels_last, groups=groups, loss_weights=loss_weights)
             done_steps += steps_per_model
             if res.val_pred is not None:
                 store.save_predictions(run_id, model_name, res.val_true, res.val_pred, res.val_probs, split.val_files)
-                last = res.history[-1]
+                last = res.final  # the best epoch with early stopping, else the last
                 summary[model_name] = {
                     "val_accuracy": last.val_accuracy, "val_macro_recall": last.val_macro_recall,
                     "train_images_per_second": res.images_per_second, "seconds": res.seconds,
-                    "epochs_done": len(res.history),
+                    "epochs_done": len(res.history), "best_epoch": res.best_epoch,
+                    "stopped_early": res.stopped_early,
                 }
             if model_name == "finetuned" and res.history:
                 from safetensors.torch import save_file

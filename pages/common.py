@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from ftcore.config import DEFAULT_BACKBONE
+from ftcore.config import DEFAULT_BACKBONE, RunConfig, TrainConfig
 from ftcore.errors import FtcoreError
 from ftcore.jobs import latest_active_run, refresh
 from ftcore.runs import RunStore
@@ -30,6 +30,13 @@ DEFAULTS = {
     "val_fraction": 0.2,
     "data_label": None,
 }
+#: Training settings of the train page, walk state too (defaults from TrainConfig); the learning-rate mode and
+#: the layer-decay value are the two widgets behind TrainConfig.layer_decay.
+TRAIN_FIELDS = ("epochs", "batch_size", "lr", "backbone_lr_scale", "update_bn", "baseline", "seed", "weight_decay",
+                "warmup_epochs", "unfreeze_after", "augment", "label_smoothing", "early_stopping_patience",
+                "early_stopping_metric", "device", "feature_cache", "class_balance")
+DEFAULTS.update({k: getattr(TrainConfig(), k) for k in TRAIN_FIELDS})
+DEFAULTS.update(lr_mode="head and backbone", layer_decay_value=0.75)
 
 
 class PageHalt(Exception):
@@ -91,15 +98,38 @@ def init_state() -> None:
             except FtcoreError:
                 cfg = None
             if cfg is not None:
-                st.session_state.update(
-                    backbone=cfg.backbone.name, weights=cfg.backbone.weights, unfreeze=cfg.freeze.unfreeze,
-                    data_dir=cfg.data.train_dir, val_dir=cfg.data.val_dir, val_fraction=cfg.data.val_fraction,
-                    data_label=cfg.data.train_dir, data_source="folder", folder_path=cfg.data.train_dir,
-                    folder_val=cfg.data.val_dir or "", epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                    lr=cfg.train.lr, img_size=cfg.train.img_size or 224, img_size_suggested=224,
-                )
+                load_config(cfg)
     for k, v in DEFAULTS.items():
         st.session_state.setdefault(k, v)
+
+
+def load_config(cfg: RunConfig) -> None:
+    """Make a run configuration the walk's choices (and the values of the widgets that edit them)."""
+    t = cfg.train
+    state = dict(
+        backbone=cfg.backbone.name, weights=cfg.backbone.weights, unfreeze=cfg.freeze.unfreeze,
+        data_dir=cfg.data.train_dir, val_dir=cfg.data.val_dir, val_fraction=cfg.data.val_fraction,
+        data_label=cfg.data.train_dir, data_source="folder", folder_path=cfg.data.train_dir,
+        folder_val=cfg.data.val_dir or "", img_size=t.img_size or 224, img_size_suggested=224,
+        lr_mode="layer-wise decay" if t.layer_decay is not None else "head and backbone",
+        layer_decay_value=t.layer_decay if t.layer_decay is not None else 0.75,
+        **{k: getattr(t, k) for k in TRAIN_FIELDS},
+    )
+    for k in ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "label_smoothing", "layer_decay_value"):
+        state[k] = float(state[k])  # number widgets refuse an int where their bounds are floats
+    st.session_state.update(state)
+    for k, v in state.items():  # widgets keyed by widget_key() show the loaded values
+        st.session_state[f"w_{k}"] = v
+    for k in [k for k in st.session_state if str(k).startswith("tick::")]:
+        del st.session_state[k]  # the layers page ticks again from the loaded choice
+
+
+@st.cache_data(show_spinner="Reading the layer groups...")
+def cached_layer_groups(model_name: str, n_classes: int):
+    """ftcore.layers.describe_layer_groups, cached per backbone and class count."""
+    from ftcore.layers import describe_layer_groups
+
+    return describe_layer_groups(model_name, num_classes=n_classes)
 
 
 @st.cache_resource

@@ -1,4 +1,4 @@
-"""Step 2: tick which layer groups of the backbone are unfrozen for fine-tuning."""
+"""Step 2: tick which layer groups (or their sub-blocks) of the backbone are unfrozen for fine-tuning."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from ftcore.compute import describe_compute, step_cost
 from ftcore.errors import FtcoreError
-from ftcore.layers import HEAD, describe_layer_groups, trainable_group_names
-from pages.common import fmt_params, halt, init_state
+from ftcore.layers import HEAD, trainable_group_names
+from pages.charts import compute_bars
+from pages.common import cached_layer_groups, fmt_params, halt, init_state
 
 init_state()
 name = st.session_state["backbone"]
@@ -16,29 +18,35 @@ st.title("2. Layers")
 st.write(
     f"The layer groups of **{name}**, from the input (top) to the output (bottom), as timm's `group_matcher` "
     "defines them. Ticked groups learn during fine-tuning; the others stay frozen at their pretrained weights. "
-    "The new head always learns. The frozen baseline trains the head alone."
+    "Open a group to tick only some of its sub-blocks. The new head always learns. The frozen baseline trains "
+    "the head alone."
 )
 
 
-@st.cache_data(show_spinner="Reading the layer groups...")
-def _groups(model_name: str, n_classes: int):
-    return describe_layer_groups(model_name, num_classes=n_classes)
+@st.cache_data(show_spinner="Counting the compute of each layer group...")
+def _compute(model_name: str, img_size: int, n_classes: int):
+    return describe_compute(model_name, img_size, n_classes)
 
 
 n_classes = int(st.session_state.get("n_classes") or 2)
 st.caption(f"The backbone's ImageNet classifier is replaced by a new head with one output per class "
            f"({n_classes} {'classes from your data' if st.session_state.get('n_classes') else 'classes until you choose data'}).")
 try:
-    groups = _groups(name, n_classes)
+    groups = cached_layer_groups(name, n_classes)
 except FtcoreError as e:
     st.error(str(e))
     halt()
 
-body = [g.name for g in groups if g.name != HEAD]
+body_groups = [g for g in groups if g.name != HEAD]
+body = [g.name for g in body_groups]
+
+
+def _key(group: str, part: str | None = None) -> str:
+    return f"tick::{name}::{group}" + (f"::{part}" if part else "")
 
 
 def _ticked_from_spec(spec: str) -> set[str]:
-    """Body groups the saved unfreeze choice trains (ftcore's own reading of it); all if it no longer fits."""
+    """Group and part names the saved unfreeze choice trains (ftcore's own reading of it); all if it no longer fits."""
     try:
         return set(trainable_group_names(groups, spec)) - {HEAD}
     except FtcoreError:
@@ -46,12 +54,24 @@ def _ticked_from_spec(spec: str) -> set[str]:
 
 
 def _set_ticks(ticked: set[str]) -> None:
-    for g in body:
-        st.session_state[f"tick::{name}::{g}"] = g in ticked
+    for g in body_groups:
+        whole = g.name in ticked or (g.parts and all(p.name in ticked for p in g.parts))
+        st.session_state[_key(g.name)] = bool(whole)
+        for p in g.parts:
+            st.session_state[_key(g.name, p.name)] = bool(whole or p.name in ticked)
+
+
+def _group_changed(g) -> None:
+    for p in g.parts:
+        st.session_state[_key(g.name, p.name)] = st.session_state[_key(g.name)]
+
+
+def _part_changed(g) -> None:
+    st.session_state[_key(g.name)] = all(st.session_state[_key(g.name, p.name)] for p in g.parts)
 
 
 # First visit for this backbone: ticks from the saved choice.
-if not all(f"tick::{name}::{g}" in st.session_state for g in body):
+if not all(_key(g.name) in st.session_state for g in body_groups):
     _set_ticks(_ticked_from_spec(st.session_state["unfreeze"]))
 
 st.subheader("Presets")
@@ -70,34 +90,84 @@ for g in groups:
     if g.name == HEAD:
         st.checkbox(f"**head** (new classifier): {fmt_params(g.n_params)} parameters, always trained",
                     value=True, disabled=True, key=f"tick::{name}::__head__")
-    else:
-        st.checkbox(f"`{g.name}`: {fmt_params(g.n_params)} parameters", key=f"tick::{name}::{g.name}")
+        continue
+    st.checkbox(f"`{g.name}`: {fmt_params(g.n_params)} parameters", key=_key(g.name), on_change=_group_changed,
+                args=(g,))
+    if g.parts:
+        n_on = sum(bool(st.session_state.get(_key(g.name, p.name))) for p in g.parts)
+        with st.expander(f"{len(g.parts)} sub-blocks of `{g.name}` ({n_on} ticked)"):
+            for p in g.parts:
+                st.checkbox(f"sub-block `{p.name}`: {fmt_params(p.n_params)} parameters", key=_key(g.name, p.name),
+                            on_change=_part_changed, args=(g,))
 
-ticked = [g for g in body if st.session_state.get(f"tick::{name}::{g}")]
-if len(ticked) == len(body):
+chosen: list[str] = []
+for g in body_groups:
+    if st.session_state.get(_key(g.name)):
+        chosen.append(g.name)
+    else:
+        chosen.extend(p.name for p in g.parts if st.session_state.get(_key(g.name, p.name)))
+whole = [g for g in body if st.session_state.get(_key(g))]
+if len(whole) == len(body):
     spec = "all"
-elif not ticked:
+elif not chosen:
     spec = "head"
 else:
-    spec = "groups:" + ",".join(ticked)
+    spec = "groups:" + ",".join(chosen)
 st.session_state["unfreeze"] = spec
+trainable = trainable_group_names(groups, spec)
 
-trainable = sum(g.n_params for g in groups if g.name == HEAD or g.name in ticked)
+learn_parts = {p.name for g in groups for p in g.parts if g.name in trainable or p.name in trainable}
+
+
+def _trained_params(g) -> int:
+    if g.name == HEAD or g.name in trainable:
+        return g.n_params
+    return sum(p.n_params for p in g.parts if p.name in learn_parts)
+
+
+n_trainable = sum(_trained_params(g) for g in groups)
 total = sum(g.n_params for g in groups)
-c1, c2, c3 = st.columns(3)
-c1.metric("Trainable parameters", fmt_params(trainable))
-c2.metric("Frozen parameters", fmt_params(total - trainable))
-c3.metric("Share trainable", f"{trainable / total:.1%}")
+img_size = int(st.session_state.get("img_size") or 224)
+try:
+    profile = _compute(name, img_size, n_classes)
+    cost = step_cost(profile, groups, trainable)
+except FtcoreError as e:
+    st.error(str(e))
+    halt()
 
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Trainable parameters", fmt_params(n_trainable))
+c2.metric("Frozen parameters", fmt_params(total - n_trainable))
+c3.metric("Share trainable", f"{n_trainable / total:.1%}")
+c4.metric("Training compute per step", f"{cost['vs_linear_probe']:.2f}× a linear probe",
+          help=f"{cost['share_of_full']:.0%} of the compute of fine-tuning every group. Estimated from the forward "
+               f"FLOPs of each group at {img_size} px ("
+               + ("measured with PyTorch's FlopCounterMode" if cost["method"] == "measured"
+                  else "taken as proportional to parameters: this model could not be traced")
+               + "), counting the backward pass as twice the forward for the part of the network it runs through "
+                 "(Kaplan et al., 2020).")
+
+state = {g.name: ("trained" if _trained_params(g) == g.n_params else "partly trained" if _trained_params(g)
+                  else "frozen") for g in groups}
+flops = profile.group_flops()
 df = pd.DataFrame({
     "layer group": [g.name for g in groups],
     "parameters": [g.n_params for g in groups],
-    "state": ["trained" if (g.name == HEAD or g.name in ticked) else "frozen" for g in groups],
+    "trainable parameters": [_trained_params(g) for g in groups],
+    "share of forward compute": [flops.get(g.name, 0.0) / profile.total_flops for g in groups],
+    "state": [state[g.name] for g in groups],
 })
-fig = px.bar(df, x="parameters", y="layer group", color="state", orientation="h",
-             color_discrete_map={"trained": "#2E7D6B", "frozen": "#B0B7C3"},
-             category_orders={"layer group": df["layer group"].tolist()})
-fig.update_layout(height=max(240, 28 * len(groups)), margin=dict(l=0, r=0, t=10, b=0), legend_title_text="")
-st.plotly_chart(fig, width="stretch")
+left, right = st.columns(2)
+with left:
+    st.caption("Parameters per layer group")
+    fig = px.bar(df, x="parameters", y="layer group", color="state", orientation="h",
+                 color_discrete_map={"trained": "#2E7D6B", "frozen": "#B0B7C3", "partly trained": "#7FB8A8"},
+                 category_orders={"layer group": df["layer group"].tolist()})
+    fig.update_layout(height=max(240, 28 * len(groups)), margin=dict(l=0, r=0, t=10, b=0), legend_title_text="")
+    st.plotly_chart(fig, width="stretch")
+with right:
+    st.caption(f"Share of the forward compute at {img_size} px "
+               f"({profile.total_flops / 1e9:.2f} GFLOPs per image)")
+    st.plotly_chart(compute_bars(df), width="stretch")
 
 st.page_link("pages/data.py", label="Next: give it your images", icon=":material/arrow_forward:")

@@ -93,6 +93,18 @@ def test_data_config_validation():
         ({"backbone_lr_scale": 0}, r"backbone learning-rate scale 0 is not in \(0, 1\]"),
         ({"backbone_lr_scale": 1.5}, r"backbone learning-rate scale 1.5 is not in \(0, 1\]"),
         ({"weight_decay": 1.0}, r"weight decay 1.0 is not in \[0, 1\)"),
+        ({"layer_decay": 0}, r"layer decay 0 is not in \(0, 1\]; 0.75 is usual"),
+        ({"layer_decay": 1.5}, r"layer decay 1.5 is not in \(0, 1\]"),
+        ({"warmup_epochs": -1}, r"warm-up epochs -1 is not in \[0, 3\)"),
+        ({"epochs": 2, "warmup_epochs": 2}, r"warm-up epochs 2 is not in \[0, 2\)"),
+        ({"unfreeze_after": 3}, r"unfreeze after 3 epochs is not below the 3 epochs of training"),
+        ({"unfreeze_after": -1}, r"unfreeze-after epochs -1 is not a whole number"),
+        ({"augment": "heavy"}, r"augmentation preset 'heavy' is not one of none, light, standard"),
+        ({"label_smoothing": 0.6}, r"label smoothing 0.6 is not in \[0, 0.5\]"),
+        ({"early_stopping_patience": -1}, r"early-stopping patience -1 is not a whole number"),
+        ({"early_stopping_metric": "f1"}, r"early-stopping metric 'f1' is not one of val_loss, val_accuracy, "
+                                          r"val_macro_recall"),
+        ({"device": "tpu"}, r"device 'tpu' is not one of auto, cpu, cuda, mps"),
     ],
 )
 def test_train_config_rejects_out_of_range(kwargs, pattern):
@@ -173,3 +185,33 @@ def test_run_config_load_bad_file_names_it(tmp_path):
         RunConfig.load(p)
     with pytest.raises(ConfigError, match="missing.json"):
         RunConfig.load(tmp_path / "missing.json")
+
+
+def test_new_training_options_defaults_and_round_trip(tmp_path):
+    t = TrainConfig()
+    assert (t.layer_decay, t.warmup_epochs, t.unfreeze_after, t.augment, t.label_smoothing,
+            t.early_stopping_patience, t.early_stopping_metric, t.device) == (None, 0.0, 0, "light", 0.0, 0,
+                                                                              "val_loss", "auto")
+    cfg = dataclasses.replace(_cfg(), train=TrainConfig(epochs=4, layer_decay=0.75, warmup_epochs=0.5,
+                                                        unfreeze_after=1, augment="standard", label_smoothing=0.1,
+                                                        early_stopping_patience=2,
+                                                        early_stopping_metric="val_macro_recall", device="cpu"))
+    p = tmp_path / "c.json"
+    p.write_text(cfg.to_json())
+    assert RunConfig.load(p) == cfg
+
+
+def test_config_of_an_older_version_loads_with_defaults():
+    """A config.json written before the new training options existed still loads."""
+    old = {"backbone": {"name": "test_resnet", "weights": "none"}, "freeze": {"unfreeze": "all"},
+           "data": {"train_dir": "/d", "val_dir": None, "val_fraction": 0.2},
+           "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "backbone_lr_scale": 0.1, "img_size": 32,
+                     "update_bn": False, "baseline": True, "seed": 0, "weight_decay": 0.01, "num_workers": 0}}
+    cfg = RunConfig.from_dict(old)
+    assert cfg.train.layer_decay is None and cfg.train.augment == "light"
+
+
+def test_gradual_unfreezing_needs_groups_to_unfreeze():
+    with pytest.raises(ConfigError, match="unfreeze after 1 epochs needs layer groups to unfreeze, but the choice is "
+                                          "'head' only"):
+        RunConfig(freeze=FreezeConfig("head"), train=TrainConfig(epochs=2, unfreeze_after=1))

@@ -275,3 +275,62 @@ def test_distilled_models_have_both_heads_in_the_head_group():
     assert any(n.startswith("head_dist.") for n in head.param_names)
     assert any(n.startswith("head.") for n in head.param_names)
     assert trainable_group_names(groups, "head") == ("head",)
+
+
+# -- sub-blocks (fine groups inside coarse groups) ---------------------------------------------
+
+def test_parts_partition_their_group(family):
+    _, model = family
+    for g in layer_groups(model):
+        if g.parts:
+            assert len(g.parts) > 1 and not g.is_head
+            assert sorted(n for p in g.parts for n in p.param_names) == sorted(g.param_names)
+            assert sum(p.n_params for p in g.parts) == g.n_params
+    names = [p.name for g in layer_groups(model) for p in g.parts] + [g.name for g in layer_groups(model)]
+    assert len(names) == len(set(names)), "a part name equals a group name or another part's"
+
+
+def test_convnext_parts_are_named_by_their_modules():
+    groups = {g.name: g for g in layer_groups(_model("test_convnext"))}
+    assert [p.name for p in groups["stages.2"].parts] == [
+        "stages.2.downsample + stages.2.blocks.0", "stages.2.blocks.1", "stages.2.blocks.2", "stages.2.blocks.3"]
+    assert groups["stages.0"].parts == (), "a stage of one block has no parts"
+
+
+def test_tick_a_sub_block():
+    model = _model("test_convnext")
+    groups = layer_groups(model)
+    trainable = trainable_group_names(groups, "groups:stages.2.blocks.3,stages.3")
+    assert trainable == ("stages.2.blocks.3", "stages.3", "head")
+    s = apply_freeze(model, groups, trainable)
+    assert s.trainable_groups == trainable
+    learn = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert learn and all(n.startswith(("stages.2.blocks.3.", "stages.3.", "head.fc.")) for n in learn)
+    assert any(n.startswith("stages.2.blocks.3.") for n in learn)
+
+
+def test_all_parts_ticked_read_as_the_whole_group():
+    groups = layer_groups(_model("test_convnext"))
+    st2 = next(g for g in groups if g.name == "stages.2")
+    spec = "groups:" + ",".join(p.name for p in st2.parts)
+    assert trainable_group_names(groups, spec) == ("stages.2", "head")
+
+
+def test_unknown_sub_block_names_it_and_hints_at_parts():
+    groups = layer_groups(_model("test_convnext"))
+    with pytest.raises(ConfigError, match=r"layer groups \['stages.2.blocks.9'\] are not in this model; its groups "
+                                          r"are: stem, .*head \(or one of their sub-blocks, e.g. "):
+        trainable_group_names(groups, "groups:stages.2.blocks.9")
+
+
+def test_sub_block_choice_round_trips_through_json(tmp_path):
+    from ftcore.config import BackboneConfig, DataConfig, RunConfig
+
+    cfg = RunConfig(BackboneConfig("test_convnext", "none"), FreezeConfig("groups:stages.2.blocks.3,stages.3"),
+                    DataConfig("/d"))
+    p = tmp_path / "c.json"
+    p.write_text(cfg.to_json())
+    back = RunConfig.load(p)
+    assert back == cfg
+    assert trainable_group_names(layer_groups(_model("test_convnext")), back.freeze) == (
+        "stages.2.blocks.3", "stages.3", "head")

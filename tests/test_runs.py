@@ -177,3 +177,36 @@ def test_two_store_objects_share_the_database(store):
     other = RunStore(store.root)
     other.update(run_id, status="running", message="from another process")
     assert store.get(run_id).message == "from another process"
+
+
+def test_layer_stats_round_trip(store):
+    from ftcore.monitor import LayerStats
+
+    rid = store.create_run(_cfg())
+    assert store.layer_stats(rid).empty
+    stats = [LayerStats("stem", 0, 0.0, 0.0, 0.0, False), LayerStats("head", 1, 0.25, 1.5, 1e-3, True)]
+    store.add_layer_stats(rid, "finetuned", 1, stats)
+    store.add_layer_stats(rid, "finetuned", 2, [LayerStats("stem", 0, float("nan"), 0.0, 0.0, False)])
+    store.add_layer_stats(rid, "finetuned", 3, [])
+    df = store.layer_stats(rid)
+    assert list(df.columns) == ["model", "epoch", "layer_group", "group_index", "relative_change", "grad_norm", "lr",
+                                "trainable"]
+    assert df["layer_group"].tolist() == ["stem", "head", "stem"]
+    assert df["trainable"].tolist() == [False, True, False]
+    assert df.iloc[1][["relative_change", "grad_norm", "lr"]].tolist() == [0.25, 1.5, 1e-3]
+    assert np.isnan(df.iloc[2]["relative_change"]), "NaN is stored as NULL and read back as NaN"
+
+
+def test_store_made_before_layer_stats_gains_the_table(tmp_path):
+    import sqlite3
+
+    root = tmp_path / "old"
+    (root / "runs").mkdir(parents=True)
+    con = sqlite3.connect(root / "runs.sqlite3")
+    from ftcore.runs import _SCHEMA
+
+    con.executescript(_SCHEMA.split("CREATE TABLE IF NOT EXISTS layer_stats")[0])
+    con.close()
+    s = RunStore(root)
+    rid = s.create_run(_cfg())
+    assert s.layer_stats(rid).empty

@@ -18,7 +18,7 @@ from ftcore.backbones import build_model
 from ftcore.config import TrainConfig
 from ftcore.data import build_transforms, prepare_split
 from ftcore.errors import DatasetError, TrainingError
-from ftcore.layers import apply_freeze, layer_groups, trainable_group_names
+from ftcore.layers import apply_freeze, layer_groups, trainable_group_names, trainable_param_names
 from ftcore.runs import EPOCH_COLUMNS
 from ftcore.training import EpochEvent, StepEvent, _loaders, fit, run_experiment
 
@@ -48,6 +48,9 @@ FREEZE_CASES = [
     ("test_efficientnet", "head"),
     ("test_vit", "last:1"),
     ("test_convnext", "last:2"),
+    ("test_convnext", "groups:stages.2.blocks.1,stages.3"),  # a sub-block and a whole group
+    ("mobilenetv3_small_050", "last:2"),  # no tiny test_* MobileNetV3 in timm: the smallest real one
+    ("mobilenetv3_small_050", "head"),
 ]
 
 
@@ -59,7 +62,7 @@ def test_fit_keeps_frozen_groups_bit_identical(name, unfreeze, monkeypatch):
     groups = layer_groups(model)
     trainable = trainable_group_names(groups, unfreeze)
     apply_freeze(model, groups, trainable)
-    learn = {n for g in groups if g.name in trainable for n in g.param_names}
+    learn = trainable_param_names(groups, trainable)
     params = dict(model.named_parameters())
     frozen_names = [n for n in params if n not in learn]
     assert frozen_names and learn
@@ -110,7 +113,7 @@ def test_fit_keeps_frozen_groups_bit_identical(name, unfreeze, monkeypatch):
     for mname in bn_trainable:
         assert int(after[f"{mname}.num_batches_tracked"]) == n_steps, f"trainable BatchNorm {mname} not in train mode"
         assert not torch.equal(after[f"{mname}.running_mean"], before[f"{mname}.running_mean"])
-    if name in ("test_resnet", "test_efficientnet"):
+    if name in ("test_resnet", "test_efficientnet", "mobilenetv3_small_050"):
         assert bn_frozen, "the case must contain frozen BatchNorm layers"
 
     # trainable parameters learned: each trainable group moved, the head certainly
@@ -442,3 +445,34 @@ def test_step_cost_factor_grows_with_the_unfrozen_depth():
     assert step_cost_factor(groups, tuple(names)) == pytest.approx(3.0)
     last = step_cost_factor(groups, (names[-2], "head"))
     assert 1.0 < last < 3.0
+
+
+@pytest.mark.parametrize("balance", ["none", "loss", "sampler"])
+def test_class_balance_reaches_the_loss_or_the_batch_order(make_image_folder, store, monkeypatch, balance):
+    """Imbalanced classes: class weights go to the training loss, or batches are drawn class-balanced."""
+    import ftcore.training as tr
+    from torch.utils.data import WeightedRandomSampler
+
+    from ftcore.config import RunConfig
+
+    seen = []
+    real_fit = tr.fit
+
+    def spy(model, train_loader, *a, **kw):
+        seen.append((train_loader.sampler, kw.get("loss_weights")))
+        return real_fit(model, train_loader, *a, **kw)
+
+    monkeypatch.setattr(tr, "fit", spy)
+    folder = make_image_folder(classes={"red": 12, "green": 4})
+    d = tiny_run_config(folder, unfreeze="last:1").to_dict()
+    d["train"]["class_balance"] = balance
+    cfg = RunConfig.from_dict(d)
+    summary = tr.run_experiment(cfg, store, store.create_run(cfg))
+    assert summary["status"] == "finished" and len(seen) == 2  # baseline and fine-tuned, both balanced alike
+    for sampler, weights in seen:
+        assert isinstance(sampler, WeightedRandomSampler) == (balance == "sampler")
+        if balance == "loss":
+            # scikit-learn's balanced weights of 9 red and 3 green training images: 12 / (2 * count)
+            torch.testing.assert_close(weights.cpu(), torch.tensor([12 / 6, 12 / 18]))
+        else:
+            assert weights is None
