@@ -74,7 +74,6 @@ def _peak_mb() -> float:
 
 def run_reference(a: argparse.Namespace) -> dict:
     """The plain loop: ImageFolder + DataLoader + timm model, decoding every image every epoch."""
-    import numpy as np
     import torch
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder

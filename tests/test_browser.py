@@ -234,6 +234,9 @@ def _walk(page, ctx, server: str, home: Path, shots: Path) -> None:
     main().get_by_role("button", name="Last 2 groups").click()
     expect(trainable.get_by_test_id("stMetricValue")).not_to_have_text(before)
     idle()
+    # The boxes follow the preset in the same rerun as the metric; wait for them on a loaded machine.
+    expect(boxes.nth(n_boxes - 3).locator("input")).to_be_checked()
+    expect(boxes.nth(n_boxes - 4).locator("input")).not_to_be_checked()
     checked = [boxes.nth(i).locator("input").is_checked() for i in range(n_boxes)]
     # Body groups: only the last two ticked; the head (last box) always ticked.
     assert checked == [False] * (n_boxes - 3) + [True, True, True], checked

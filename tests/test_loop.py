@@ -1,4 +1,4 @@
-"""ftcore.training.fit: learning rates per group, warm-up, gradual unfreezing, traps, early stopping, monitor."""
+"""ftcore.loop.fit: learning rates per group, warm-up, gradual unfreezing, traps, early stopping, monitor."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ftcore import training
+from ftcore import loop as training  # fit looks up evaluate here
 from ftcore.config import TrainConfig
 from ftcore.errors import ConfigError, TrainingError
 from ftcore.layers import apply_freeze, layer_groups, trainable_group_names, trainable_param_names
 from ftcore.schedule import lr_schedule
-from ftcore.training import fit
+from ftcore.loop import fit
 
 CPU = torch.device("cpu")
 
