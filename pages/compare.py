@@ -107,3 +107,19 @@ if cmp.baseline is not None:
         flipped = flipped.rename(columns={"fixed": "effect of fine-tuning"})
         st.caption(f"Paths are relative to {root}.")
         st.dataframe(flipped, hide_index=True, width="stretch")
+
+stats = store.layer_stats(run_id)
+stats = stats[(stats["model"] == "finetuned")]
+if not stats.empty:
+    last = stats[stats["epoch"] == stats["epoch"].max()].sort_values("group_index")
+    st.subheader("How far each layer group's weights moved")
+    st.caption(f"After epoch {int(last['epoch'].iloc[0])} of the fine-tuned model: ‖w − w₀‖ / ‖w₀‖, the change of "
+               "the group's weights relative to the pretrained ones (the new head starts from random weights). "
+               "Frozen groups stay at 0.")
+    fig = px.bar(last, x="layer_group", y="relative_change", color="trainable",
+                 color_discrete_map={True: "#2E7D6B", False: "#8A94A6"},
+                 labels={"layer_group": "layer group (input → output)", "relative_change": "relative weight change",
+                         "trainable": "unfrozen"})
+    fig.update_layout(height=340, margin=dict(l=0, r=0, t=10, b=0))
+    fig.update_xaxes(type="category")
+    st.plotly_chart(fig, width="stretch")
