@@ -387,3 +387,6 @@ def test_train_starts_a_worker_and_compare_shows_the_result(home, tmp_path):
         assert m.value.endswith("%")
     assert sum(c.value.startswith("Frozen baseline: ") for c in at.caption) == len(at.metric)
     assert not at.warning, texts(at.warning)
+    # How far each layer group moved, from the statistics the worker stored.
+    assert "How far each layer group's weights moved" in [h.value for h in at.subheader]
+    assert any("relative to the pretrained ones" in c.value for c in at.caption)
