@@ -215,6 +215,13 @@ def _train(args: argparse.Namespace) -> int:
         print(f"python -m ftcore train: error: run {run_id} failed: {type(e).__name__}: {first}", file=sys.stderr)
         return 1
     info = store.get(run_id).info
+    for m in ("baseline", "finetuned"):
+        pre = info.get(f"{m}_prefix")
+        if pre and pre.get("used"):
+            print(f"{m}: frozen layers up to {pre['entry']} computed once ({pre['bytes'] / 1e6:.1f} MB, "
+                  f"{pre['seconds']:.1f} s)", file=sys.stderr)
+        elif pre:
+            print(f"{m}: every layer ran each epoch ({pre['reason']})", file=sys.stderr)
     if info.get("skipped"):
         print(f"warning: {len(info['skipped'])} files could not be used and were left out, e.g. "
               f"{info['skipped'][0]['path']}: {info['skipped'][0]['message']}", file=sys.stderr)

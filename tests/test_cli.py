@@ -91,6 +91,8 @@ def test_train_json(cli_runs):
     assert (home / "runs" / out["run_id"] / "finetuned.safetensors").exists()
     assert f"run {out['run_id']} in {home}" in results["json"].stderr
     assert "[finetuned] epoch 1/1" in results["json"].stderr  # progress goes to stderr, not stdout
+    # Which path each model took: the baseline's frozen backbone is computed once.
+    assert "baseline: frozen layers up to fc computed once" in results["json"].stderr
     assert len(results["json"].stdout.strip().splitlines()) == 1
 
 
