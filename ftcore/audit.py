@@ -310,6 +310,27 @@ def _facts(it: AuditItem, status: str, res) -> dict:
             "phash": it.phash.tobytes().hex(), "colour": [float(c) for c in it.colour]}
 
 
+def _facts_complete(cached: list) -> bool:
+    """Whether every file of a cache entry has usable facts (a damaged entry is decoded again instead)."""
+    try:
+        for arr, facts in cached:
+            if "error" in facts:
+                kind, reason = facts["error"]
+                if not (isinstance(kind, str) and isinstance(reason, str)):
+                    return False
+                continue
+            if arr is None or len(bytes.fromhex(facts["sha"])) != 16 or len(bytes.fromhex(facts["phash"])) != 32:
+                return False
+            if len(facts["colour"]) != 3 or not isinstance(facts["format"], str):
+                return False
+            for note in facts["notes"]:
+                if len(note) != 3:
+                    return False
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
 def _record(it: AuditItem, status: str, fmt: str | None, notes, error, problems: list[Problem]) -> None:
     if status == "ok":
         it.usable = True
@@ -324,13 +345,14 @@ def _record(it: AuditItem, status: str, fmt: str | None, notes, error, problems:
 
 def _decode_all(items, side, keep, problems, progress, workers, cache_dir=None) -> dict[str, np.ndarray]:
     """Decode every item once (or read it from the decoded-image cache); return arrays for thumbnails on a hit."""
-    from contextlib import nullcontext
-
     from .cache import CacheEntryWriter, cache_key, load_entry
 
     n = len(items)
     key = cache_key([it.path for it in items], side) if cache_dir is not None else ""
     cached = load_entry(cache_dir, key, n) if cache_dir is not None else None
+    if cached is not None and not _facts_complete(cached):
+        log.warning("ignoring damaged decoded-image cache entry %s: facts missing or malformed", key[:12])
+        cached = None
     if cached is not None:
         arrays: dict[str, np.ndarray] = {}
         for i, (it, (arr, facts)) in enumerate(zip(items, cached)):
@@ -351,22 +373,41 @@ def _decode_all(items, side, keep, problems, progress, workers, cache_dir=None) 
     workers = workers or min(8, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=workers)
     writer = CacheEntryWriter(cache_dir, key) if cache_dir is not None else None
+
+    def cache_failed(e: OSError) -> None:  # a read-only or full store: go on without the cache
+        nonlocal writer
+        log.warning("cannot write the decoded-image cache in %s (%s); continuing without it", cache_dir, e)
+        writer.__exit__(None, None, None)
+        writer = None
+
     try:
-        with writer or nullcontext():
-            futures = [pool.submit(_examine, it, side, keep) for it in items]
-            for i, (it, fut) in enumerate(zip(items, futures)):
-                status, res = fut.result()
-                if status == "ok":
-                    _record(it, "ok", res.format, res.notes, None, problems)
-                else:
-                    _record(it, "error", None, (), (res.kind, res.reason), problems)
-                if writer is not None:
-                    writer.add(res.array if status == "ok" else None, _facts(it, status, res))
-                if progress is not None:
-                    progress(i + 1, n)
+        if writer is not None:
+            try:
+                writer.__enter__()
+            except OSError as e:
+                cache_failed(e)
+        futures = [pool.submit(_examine, it, side, keep) for it in items]
+        for i, (it, fut) in enumerate(zip(items, futures)):
+            status, res = fut.result()
+            if status == "ok":
+                _record(it, "ok", res.format, res.notes, None, problems)
+            else:
+                _record(it, "error", None, (), (res.kind, res.reason), problems)
             if writer is not None:
+                try:
+                    writer.add(res.array if status == "ok" else None, _facts(it, status, res))
+                except OSError as e:
+                    cache_failed(e)
+            if progress is not None:
+                progress(i + 1, n)
+        if writer is not None:
+            try:
                 writer.commit()
+            except OSError as e:
+                cache_failed(e)
     finally:
+        if writer is not None:
+            writer.__exit__(None, None, None)  # removes partial files unless committed
         pool.shutdown(wait=True, cancel_futures=True)
     if writer is not None and keep:
         # Swap the decoded arrays for views into the memory-mapped entry: the pages are shared with later runs.

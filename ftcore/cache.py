@@ -34,12 +34,13 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["CacheEntryWriter", "load_entry", "cache_key", "cache_limit_bytes", "cache_folder", "CACHE_VERSION"]
+__all__ = ["CacheEntryWriter", "load_entry", "cache_key", "cache_limit_bytes", "cache_folder", "CACHE_VERSION",
+           "gigabytes_from_env"]
 
 log = logging.getLogger(__name__)
 
 #: Bump when decoding or the stored facts change (it invalidates every entry).
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def cache_folder(store_root: str | Path) -> Path:
@@ -47,17 +48,34 @@ def cache_folder(store_root: str | Path) -> Path:
     return Path(store_root) / "cache" / "decoded"
 
 
-def cache_limit_bytes() -> int:
-    """Upper bound on the decoded-image cache in bytes (``FTCORE_CACHE_MAX_GB``, default 5 GB)."""
+def gigabytes_from_env(name: str, default: float) -> int:
+    """A size limit in bytes from an environment variable in gigabytes (1e9 bytes).
+
+    ``inf`` means no limit; a value that is not a number (or NaN) falls back to
+    `default`, with a warning that names the variable.
+    """
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return int(default * 1e9)
     try:
-        gb = float(os.environ.get("FTCORE_CACHE_MAX_GB", "5"))
+        gb = float(raw)
     except ValueError:
-        gb = 5.0
+        gb = float("nan")
+    if gb != gb:  # NaN
+        log.warning("%s=%r is not a number of gigabytes; using the default %g", name, raw, default)
+        gb = default
+    if gb * 1e9 >= 2**62:  # inf or too large to count: no limit
+        return 2**62
     return int(gb * 1e9)
 
 
+def cache_limit_bytes() -> int:
+    """Upper bound on the decoded-image cache in bytes (``FTCORE_CACHE_MAX_GB``, default 5 GB; ``inf``: none)."""
+    return gigabytes_from_env("FTCORE_CACHE_MAX_GB", 5.0)
+
+
 def cache_key(files: Sequence[str], short_side: int | None) -> str:
-    """Key of a cache entry: file paths, sizes and modification times, decode size and version.
+    """Key of a cache entry: file paths, sizes, modification and change times, inodes, decode size, version.
 
     Parameters
     ----------
@@ -74,11 +92,14 @@ def cache_key(files: Sequence[str], short_side: int | None) -> str:
     h = hashlib.sha1()
     h.update(json.dumps({"v": CACHE_VERSION, "short_side": short_side}).encode())
     for f in files:
+        # os.fsencode: names that are not valid UTF-8 (copied from Latin-1 systems) keep their bytes.
+        h.update(os.fsencode(os.path.abspath(f)) + b"\0")
         try:
             st = os.stat(f)
-            h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            # The change time and inode catch a file rewritten with its size and modification time restored.
+            h.update(f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
         except OSError:
-            h.update(f"{os.path.abspath(f)}\0missing\n".encode())
+            h.update(b"missing\n")
     return h.hexdigest()
 
 
@@ -115,10 +136,10 @@ def load_entry(folder: str | Path, key: str, n: int) -> list[tuple[np.ndarray | 
         for e in entries:
             arr = None
             if e.get("shape") is not None:
-                h, w = e["shape"]
-                off = e["offset"]
-                if off + h * w * 3 > size:
-                    raise ValueError("an array lies beyond the end of the data file")
+                h, w = (int(v) for v in e["shape"])
+                off = int(e["offset"])
+                if h <= 0 or w <= 0 or off < 0 or off + h * w * 3 > size:
+                    raise ValueError("an array's shape or place in the data file is impossible")
                 arr = blob[off:off + h * w * 3].reshape(h, w, 3)
             out.append((arr, e.get("facts", {})))
         os.utime(meta_path)  # mark as recently used

@@ -264,6 +264,10 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        for name in ("update_bn", "baseline", "feature_cache", "channels_last"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigError(f"'{name}' is {value!r}; it must be true or false (JSON booleans, not strings).")
         _check_int("epochs", self.epochs, 1, 1000)
         _check_int("batch size", self.batch_size, 1, 4096)
         _check_int("seed", self.seed, 0, 2**32 - 1)
@@ -311,7 +315,7 @@ class TrainConfig:
 
 def _as_float(value: Any) -> float:
     """The value as a float, NaN (which fails every range check) when it is not a number."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str)):  # "0.01" in a config file is a mistake to name, not to convert
         return float("nan")
     try:
         return float(value)

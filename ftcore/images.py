@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import math
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,7 +258,10 @@ def read_and_decode(path: str | Path, max_short_side: int | None = None) -> tupl
         If the file cannot be read.
     """
     name = str(path)
-    size = Path(path).stat().st_size
+    st = Path(path).stat()
+    if not stat.S_ISREG(st.st_mode):  # a pipe or device would block or never end
+        raise ImageDecodeError("not_image", name, "is not a regular file (a pipe, device or socket); left out")
+    size = st.st_size
     if size > MAX_FILE_BYTES:
         try:  # only the header: what is it?
             with Image.open(path) as im:

@@ -120,12 +120,9 @@ def set_threads(num_workers: int = 0) -> int:
 
 def feature_cache_limit_bytes() -> int:
     """Most memory the cached activations of one model may take (``FTCORE_FEATURE_CACHE_MAX_GB``, default 2 GB)."""
-    import os
+    from .cache import gigabytes_from_env
 
-    try:
-        return int(float(os.environ.get("FTCORE_FEATURE_CACHE_MAX_GB", "2")) * 1e9)
-    except ValueError:
-        return int(2e9)
+    return gigabytes_from_env("FTCORE_FEATURE_CACHE_MAX_GB", 2.0)
 
 
 def _prefix_inputs(model, example: torch.Tensor, split: DatasetSplit, val_tf, tc: TrainConfig, device,
@@ -137,7 +134,7 @@ def _prefix_inputs(model, example: torch.Tensor, split: DatasetSplit, val_tf, tc
     n = len(split.train_images) + len(split.val_images)
     cut = find_prefix_cut(model, example)
     if cut is None:
-        return None, tl, vl, {"used": False, "reason": "the first layer group learns (nothing frozen to compute once)"
+        return None, tl, vl, {"used": False, "reason": "the first layer group learns, so no frozen layers come before it"
                               if _first_module_trains(model) else "no verified cut point in this architecture"}
     need = feature_bytes(cut, n)
     limit = feature_cache_limit_bytes()

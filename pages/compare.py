@@ -116,10 +116,11 @@ if not stats.empty:
     st.caption(f"After epoch {int(last['epoch'].iloc[0])} of the fine-tuned model: ‖w − w₀‖ / ‖w₀‖, the change of "
                "the group's weights relative to the pretrained ones (the new head starts from random weights). "
                "Frozen groups stay at 0.")
+    last = last.assign(trainable=last["trainable"].map({True: "unfrozen", False: "frozen"}))
     fig = px.bar(last, x="layer_group", y="relative_change", color="trainable",
-                 color_discrete_map={True: "#2E7D6B", False: "#8A94A6"},
+                 color_discrete_map={"unfrozen": "#2E7D6B", "frozen": "#8A94A6"},
                  labels={"layer_group": "layer group (input → output)", "relative_change": "relative weight change",
-                         "trainable": "unfrozen"})
+                         "trainable": "group"})
     fig.update_layout(height=340, margin=dict(l=0, r=0, t=10, b=0))
     fig.update_xaxes(type="category")
     st.plotly_chart(fig, width="stretch")

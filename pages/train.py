@@ -212,9 +212,15 @@ with st.container(border=True):
         st.info("Choose the images in step 3 first.")
         st.page_link("pages/data.py", label="Go to 3. Data", icon=":material/arrow_back:")
     busy = latest_active_run(store)
+    # The live view below reruns the page when this run ends, so that Start is enabled again.
+    st.session_state["busy_when_drawn"] = busy.run_id if busy is not None else None
     if busy is not None:
-        st.info(f"Run {busy.run_id} is still training. One run at a time shares this machine's processors: "
-                "cancel it below or wait for it to finish.")
+        if busy.run_id == current_run_id():
+            st.info("The run below is training. One run at a time shares this machine's processors: the next "
+                    "one can start when it ends (or after Cancel).")
+        else:
+            st.info(f"Run {busy.run_id} is still training. One run at a time shares this machine's processors: "
+                    "cancel it below or wait for it to finish.")
     b1, b2 = st.columns([1, 1])
     start = b1.button("Start training", type="primary", disabled=not ready or busy is not None or cfg is None)
     if cfg is not None:
@@ -240,6 +246,10 @@ def live(run_id: str) -> None:
     except FtcoreError as e:
         st.error(str(e))
         return
+    if not rec.active and st.session_state.get("busy_when_drawn") == run_id:
+        # The run ended since the page was drawn: redraw the whole page so that Start is enabled again.
+        st.session_state["busy_when_drawn"] = None
+        st.rerun()
     st.subheader(f"Run {run_id}")
     c = rec.config
     st.caption(

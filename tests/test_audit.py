@@ -563,3 +563,16 @@ def test_read_and_decode_returns_the_bytes_it_hashed(tmp_path):
     p = write_image(tmp_path / "x.png", COLOURS[0])
     data, dec = read_and_decode(p)
     assert data == p.read_bytes() and dec.format == "PNG" and dec.size == (16, 16)
+
+
+def test_a_pipe_or_device_in_a_class_folder_is_left_out_not_read(tmp_path):
+    import os as _os
+
+    root = folder(tmp_path)
+    _os.mkfifo(root / "red" / "pipe.png")
+    (root / "green" / "zero.png").symlink_to("/dev/zero")
+    report = audit_dataset(root)
+    assert report.ok
+    for name in ("pipe.png", "zero.png"):
+        (p,) = [p for p in report.problems if p.path.endswith(name)]
+        assert p.action == "skipped" and "not a regular file" in p.message

@@ -320,6 +320,9 @@ def _walk(page, ctx, server: str, home: Path, shots: Path) -> None:
     expect(main().get_by_text(re.compile(r"fine-tuned: validation accuracy"))).to_be_visible()
     expect(main().get_by_text(re.compile(r"frozen baseline: validation accuracy"))).to_be_visible()
     expect(sidebar.get_by_text("No run in progress.")).to_be_visible()
+    # The page was drawn while the run trained; when it ends, Start is offered again without touching anything.
+    expect(main().get_by_role("button", name="Start training")).to_be_enabled(timeout=10_000)
+    expect(main().get_by_text("is training. One run at a time")).to_have_count(0)
     t_idle = time.monotonic()
     expect(sidebar.get_by_text(re.compile(r"^Run \S+, about .* left$"))).to_have_count(0)
     times["sidebar_clean_after"] = time.monotonic() - t_idle
@@ -333,7 +336,7 @@ def _walk(page, ctx, server: str, home: Path, shots: Path) -> None:
     expect(main().get_by_test_id("stMetric")).to_have_count(3)  # accuracy, macro recall, macro F1
     expect(main().get_by_text(re.compile(r"^Frozen baseline: \d+\.\d%$"))).to_have_count(3)
     charts = main().get_by_test_id("stPlotlyChart")
-    expect(charts).to_have_count(3)  # recall per class, two confusion matrices
+    expect(charts).to_have_count(4)  # recall per class, two confusion matrices, weight change per group
     for i in range(3):
         expect(charts.nth(i).locator(".main-svg").first).to_be_visible()
     # Heatmap titles and the cell counts are drawn as SVG text.

@@ -154,3 +154,73 @@ def test_prepare_split_through_the_cache_gives_the_same_split(make_image_folder,
     assert again.train_files == first.train_files and again.val_files == first.val_files
     for a, b in zip(again.train_images + again.val_images, first.train_images + first.val_images):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_name_that_is_not_utf8_is_audited(tmp_path):
+    import os as _os
+
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        for i in range(3):
+            write_image(root / c / f"{i}.png", (200, 20, 20) if c == "a" else (20, 20, 200), seed=i)
+    bad = _os.path.join(_os.fsencode(root / "a"), b"\xff\xfe_latin1_\xe9.png")
+    with open(bad, "wb") as fh:
+        fh.write((root / "a" / "0.png").read_bytes()[:-1] + b"\x82")  # a valid PNG, other bytes than 0.png
+    rep = _audit(root, tmp_path / "store")
+    assert rep.ok and sum(it.class_name == "a" for it in rep.items) == 4
+
+
+def test_a_file_rewritten_with_size_and_mtime_restored_misses_the_cache(make_image_folder, tmp_path, decodes):
+    folder = make_image_folder(classes={"red": 3, "green": 3})
+    target = folder / "red" / "img_000.png"
+    _audit(folder, tmp_path / "store")
+    st = os.stat(target)
+    data = bytearray(target.read_bytes())
+    other = (folder / "green" / "img_000.png").read_bytes()
+    target.write_bytes(other[:len(data)].ljust(len(data), b"\0"))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    decodes.clear()
+    _audit(folder, tmp_path / "store")
+    assert len(decodes) == 6  # the change time moved: decoded afresh
+
+
+def test_an_unwritable_cache_gives_a_warning_and_the_audit_goes_on(make_image_folder, tmp_path, caplog):
+    folder = make_image_folder(classes={"red": 3, "green": 3})
+    store = tmp_path / "store"
+    (store / "cache").mkdir(parents=True)
+    (store / "cache" / "decoded").write_text("a file where the cache folder should be")
+    rep = _audit(folder, store)
+    assert rep.ok and all(it.array is not None for it in rep.items)
+    assert "cannot write the decoded-image cache" in caplog.text
+
+
+@pytest.mark.parametrize("value,expected", [("inf", 2**62), ("1e400", 2**62), ("nan", int(5e9)), ("abc", int(5e9)),
+                                            ("0.5", int(0.5e9))])
+def test_cache_limits_from_the_environment(monkeypatch, value, expected):
+    from ftcore.cache import cache_limit_bytes
+
+    monkeypatch.setenv("FTCORE_CACHE_MAX_GB", value)
+    assert cache_limit_bytes() == expected
+
+
+@pytest.mark.parametrize("damage", ["no_facts", "bad_sha", "short_phash", "zero_shape"])
+def test_an_entry_with_damaged_facts_is_decoded_again(make_image_folder, tmp_path, decodes, damage):
+    import json
+
+    folder = make_image_folder(classes={"red": 3, "green": 3})
+    _audit(folder, tmp_path / "store")
+    (meta,) = cache_folder(tmp_path / "store").glob("*.json")
+    d = json.loads(meta.read_text())
+    e = d["entries"][0]
+    if damage == "no_facts":
+        del e["facts"]
+    elif damage == "bad_sha":
+        e["facts"]["sha"] = "zz"
+    elif damage == "short_phash":
+        e["facts"]["phash"] = "00"
+    else:
+        e["shape"] = [0, 0]
+    meta.write_text(json.dumps(d))
+    decodes.clear()
+    rep = _audit(folder, tmp_path / "store")
+    assert rep.ok and len(decodes) == 6

@@ -215,3 +215,14 @@ def test_gradual_unfreezing_needs_groups_to_unfreeze():
     with pytest.raises(ConfigError, match="unfreeze after 1 epochs needs layer groups to unfreeze, but the choice is "
                                           "'head' only"):
         RunConfig(freeze=FreezeConfig("head"), train=TrainConfig(epochs=2, unfreeze_after=1))
+
+
+@pytest.mark.parametrize("train,pattern", [({"update_bn": "false"}, "'update_bn' is 'false'; it must be true or false"),
+                                           ({"feature_cache": 0}, "'feature_cache' is 0"),
+                                           ({"lr": "0.01"}, "learning rate '0.01'")])
+def test_config_file_values_of_the_wrong_type_are_refused(train, pattern):
+    from ftcore.config import RunConfig
+    from ftcore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=pattern):
+        RunConfig.from_dict({"data": {"train_dir": "x"}, "train": train})

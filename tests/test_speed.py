@@ -37,7 +37,7 @@ def test_no_prefix_cache_when_the_stem_learns_or_when_turned_off(make_image_fold
     folder = make_image_folder(classes={"red": 6, "green": 6})
     _, rec = _run(store, tiny_run_config(folder, unfreeze="all", baseline=False))
     assert rec.info["finetuned_prefix"] == {"used": False,
-                                            "reason": "the first layer group learns (nothing frozen to compute once)"}
+                                            "reason": "the first layer group learns, so no frozen layers come before it"}
     _, rec = _run(store, _with_train(tiny_run_config(folder, unfreeze="head", baseline=False), feature_cache=False))
     assert rec.info["finetuned_prefix"] == {"used": False, "reason": "turned off in the settings"}
 
