@@ -63,7 +63,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for dest, (section, key) in _OPTION_KEYS.items():
         value = getattr(args, dest, None)
         if value is not None:
-            d.setdefault(section, {})[key] = value
+            if d.get(section) is None:
+                d[section] = {}
+            if not isinstance(d[section], dict):
+                raise ConfigError(f"section '{section}' of {args.config} is {d[section]!r}; it must be an object of "
+                                  "settings.")
+            d[section][key] = value
     if args.no_baseline:
         d.setdefault("train", {})["baseline"] = False
     if getattr(args, "no_feature_cache", None):

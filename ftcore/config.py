@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,10 @@ class DataConfig:
     val_fraction: float = 0.2
 
     def __post_init__(self) -> None:
+        for name in ("train_dir", "val_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise ConfigError(f"'{name}' is {value!r}; it must be a folder path (a string).")
         if not str(self.train_dir).strip():
             raise ConfigError("no data folder given; pass the folder that holds one sub-folder per class.")
         if not (0.0 < _as_float(self.val_fraction) < 1.0):
@@ -364,6 +369,13 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown configuration sections {sorted(unknown)}; allowed: {sorted(sections)}.")
         kwargs = {}
+        if not isinstance(d, dict):
+            raise ConfigError("a run configuration is a JSON object with the sections backbone, freeze, data, train.")
+        for key in sections:
+            part = d.get(key, {}) or {}
+            if not isinstance(part, dict):
+                raise ConfigError(f"section '{key}' is {part!r}; it must be an object of settings, e.g. "
+                                  f'"{key}": {{...}}.')
         for key, klass in sections.items():
             part = d.get(key, {}) or {}
             names = {f.name for f in dataclasses.fields(klass)}

@@ -69,11 +69,13 @@ def test_options_given_override_the_file_and_only_those(tmp_path):
     ("{broken", "cannot read run configuration"),
     ('{"data": {"train_dir": "/d"}, "train": {"momentum": 0.9}}', "unknown keys ['momentum'] in 'train'"),
     ('[1, 2]', "is not a JSON object with sections"),
+    ('{"data": {"train_dir": "/d"}, "train": 5}', "section 'train' of"),  # with --epochs given below
+    ('{"data": {"train_dir": 5}}', "'train_dir' is 5; it must be a folder path"),
 ])
 def test_bad_config_file_is_a_one_line_error(tmp_path, capsys, no_signal_handlers, content, pattern):
     f = tmp_path / "bad.json"
     f.write_text(content)
-    rc = cli.main(["train", "--config", str(f)])
+    rc = cli.main(["train", "--config", str(f), "--epochs", "1"])
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     lines = err.strip().splitlines()

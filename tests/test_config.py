@@ -226,3 +226,15 @@ def test_config_file_values_of_the_wrong_type_are_refused(train, pattern):
 
     with pytest.raises(ConfigError, match=pattern):
         RunConfig.from_dict({"data": {"train_dir": "x"}, "train": train})
+
+
+@pytest.mark.parametrize("d,pattern", [({"train": 5}, "section 'train' is 5; it must be an object"),
+                                       ({"data": [1, 2]}, "section 'data' is \\[1, 2\\]"),
+                                       ({"data": {"train_dir": 5}}, "'train_dir' is 5; it must be a folder path"),
+                                       ({"data": {"train_dir": "x", "val_dir": ["v"]}}, "'val_dir' is \\['v'\\]")])
+def test_config_sections_and_paths_of_the_wrong_type_are_refused(d, pattern):
+    from ftcore.config import RunConfig
+    from ftcore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=pattern):
+        RunConfig.from_dict(d)
