@@ -3,7 +3,7 @@
 The reference is the loop a user would otherwise write: torchvision
 ``ImageFolder`` + ``DataLoader`` + the timm model, decoding and augmenting
 every image every epoch, in the default memory layout. It gets the same
-split, transforms (timm's, from :func:`ftcore.data.build_transforms`),
+split, transforms (the default augmentation preset, :func:`ftcore.augment.preset_transforms`),
 weights, frozen groups, optimiser (AdamW, head at ``lr``, unfrozen backbone
 groups at ``lr * backbone_lr_scale``, cosine schedule), BatchNorm handling
 (:func:`ftcore.layers.set_train_mode`), batch size, seed and thread count.
@@ -49,10 +49,11 @@ def _split(a: argparse.Namespace) -> dict:
     """The product's own split (audit, duplicates dropped, seeded stratified split), for both contenders."""
     from ftcore.backbones import build_model
     from ftcore.config import DataConfig
-    from ftcore.data import build_transforms, prepare_split
+    from ftcore.augment import preset_transforms
+    from ftcore.data import prepare_split
 
     model, _ = build_model(a.model, 2, "auto", a.img_size)
-    _, _, short = build_transforms(model, a.img_size)
+    _, _, short = preset_transforms(model, a.img_size)
     split = prepare_split(DataConfig(train_dir=a.data, val_fraction=a.val_fraction), seed=a.seed, short_side=short,
                           store_root=a.store)
     return {"class_names": split.class_names, "train": split.train_files, "val": split.val_files}
@@ -78,8 +79,9 @@ def run_reference(a: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
 
+    from ftcore.augment import preset_transforms
     from ftcore.backbones import build_model
-    from ftcore.data import build_transforms
+    from ftcore.config import TrainConfig
     from ftcore.layers import apply_freeze, classifier_modules, layer_groups, set_train_mode, trainable_group_names
     from ftcore.training import _seed_everything
 
@@ -88,7 +90,8 @@ def run_reference(a: argparse.Namespace) -> dict:
     split = json.loads(Path(a.split_file).read_text())
     classes, train_files, val_files = split["class_names"], split["train"], split["val"]
     model, _ = build_model(a.model, len(classes), "auto", a.img_size)
-    train_tf, val_tf, _ = build_transforms(model, a.img_size)
+    # The product's default augmentation preset, so that both loops augment alike.
+    train_tf, val_tf, _ = preset_transforms(model, a.img_size, TrainConfig().augment)
     ds_tr, ds_va = ImageFolder(a.data, transform=train_tf), ImageFolder(a.data, transform=val_tf)
     index = {p: i for i, (p, _) in enumerate(ds_tr.samples)}
     tr_idx = [index[f] for f in train_files]

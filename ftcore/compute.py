@@ -163,16 +163,9 @@ def describe_compute(model_name: str, img_size: int, num_classes: int = 2) -> Co
     BackboneError
         If timm cannot build the model.
     """
-    import timm
+    from .layers import meta_model
 
-    from .errors import BackboneError
-
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
-    except Exception as e:
-        raise BackboneError(f"timm cannot build '{model_name}': {e}") from e
-    return compute_profile(model, img_size)
+    return compute_profile(meta_model(model_name, num_classes), img_size)
 
 
 def step_cost(profile: ComputeProfile, groups: list[LayerGroup], trainable: tuple[str, ...] | list[str]) -> dict:

@@ -30,6 +30,7 @@ __all__ = [
     "set_train_mode",
     "frozen_batchnorm_modules",
     "describe_layer_groups",
+    "meta_model",
     "classifier_modules",
     "trainable_param_names",
 ]
@@ -459,13 +460,23 @@ def describe_layer_groups(model_name: str, num_classes: int = 2, coarse: bool = 
     BackboneError
         If timm cannot build the model.
     """
+    return layer_groups(meta_model(model_name, num_classes), coarse=coarse)
+
+
+def meta_model(model_name: str, num_classes: int = 2) -> nn.Module:
+    """A timm architecture built on the ``meta`` device: shapes only, no weights, no memory.
+
+    Raises
+    ------
+    BackboneError
+        If timm cannot build the model.
+    """
     import timm
 
     from .errors import BackboneError
 
     try:
         with torch.device("meta"):
-            model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+            return timm.create_model(model_name, pretrained=False, num_classes=num_classes)
     except Exception as e:
         raise BackboneError(f"timm cannot build '{model_name}': {e}") from e
-    return layer_groups(model, coarse=coarse)
