@@ -28,8 +28,12 @@ import logging
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from timm.layers.conv2d_same import Conv2dSame, conv2d_same
+from timm.layers.conv2d_same import Conv2dSame
+from timm.layers.padding import pad_same
+
+from .kernels import depthwise_conv2d, is_depthwise
 
 __all__ = ["bn_folded", "foldable_pairs", "patch_forward"]
 
@@ -70,6 +74,7 @@ def patch_forward(module: nn.Module, forward) -> "Callable[[], None]":
 
 def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     """Forward of `conv` with the fixed-statistics `bn` after it merged in."""
+    depthwise = is_depthwise(conv.weight, conv.groups, conv.dilation)
 
     def forward(x):
         inv = torch.rsqrt(bn.running_var + bn.eps)
@@ -80,10 +85,15 @@ def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d):
         if conv.bias is not None:
             shift = shift + conv.bias * scale
         w = conv.weight * scale.reshape(-1, 1, 1, 1)
-        if type(conv) is nn.Conv2d:
+        if type(conv) is Conv2dSame:  # timm's TensorFlow "same" padding, the only other convolution type folded
+            x, padding = pad_same(x, w.shape[-2:], conv.stride, conv.dilation), (0, 0)
+        elif conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             return conv._conv_forward(x, w, shift)
-        # timm's Conv2dSame (TensorFlow "same" padding), the only other convolution type folded.
-        return conv2d_same(x, w, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+        else:
+            padding = conv.padding
+        if depthwise:  # same result, faster weight gradient on a CPU (ftcore.kernels)
+            return depthwise_conv2d(x, w, shift, conv.stride, padding)
+        return F.conv2d(x, w, shift, conv.stride, padding, conv.dilation, conv.groups)
 
     return forward
 

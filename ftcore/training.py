@@ -25,6 +25,7 @@ from .backbones import build_model
 from .config import RunConfig, TrainConfig
 from .data import ArrayImageDataset, DatasetSplit, balanced_sampler, class_weights, prepare_split
 from .fold import bn_folded
+from .kernels import keep_freed_memory
 from .layers import apply_freeze, layer_groups, trainable_group_names
 from .loop import EpochEvent, FitResult, StepEvent, _to_device, evaluate, fit, pick_device
 from .prefix import compute_features, cut_applied, feature_bytes, find_prefix_cut
@@ -236,6 +237,8 @@ def run_experiment(
         store.update(run_id, status="running", phase="preparing", message="building the backbone")
         device = pick_device(tc.device)
         threads = set_threads(tc.num_workers)
+        if device.type == "cpu":
+            keep_freed_memory()  # activations reused without page faults at every step (ftcore.kernels)
         # Build once to learn transforms; class count is set after the scan.
         probe, src = build_model(config.backbone.name, 2, config.backbone.weights, tc.img_size)
         train_tf, val_tf, short = preset_transforms(probe, tc.img_size, tc.augment)  # issue 4: augmentation preset

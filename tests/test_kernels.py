@@ -1,0 +1,123 @@
+"""The faster depthwise convolution gives PyTorch's results; the allocator setting is safe to apply."""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import pytest
+import torch
+from timm.layers.conv2d_same import Conv2dSame
+from torch import nn
+
+import ftcore.kernels as kernels
+from ftcore.fold import bn_folded
+from ftcore.kernels import depthwise_conv2d, is_depthwise, keep_freed_memory
+
+
+def _reference(x, w, b, stride, padding):
+    """Output and gradients of F.conv2d in float64, for a loss that weights every output differently."""
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if b is not None else None
+    y = nn.functional.conv2d(x64, w64, b64, stride, padding, 1, x.shape[1])
+    weights = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
+    (y * weights).sum().backward()
+    return y, x64.grad, w64.grad, (b64.grad if b is not None else None), weights
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size,k,stride,padding", [
+    (4, 5, 1, 2),   # the kernel wider than the map: EfficientNet's last stage
+    (8, 5, 1, 2),
+    (7, 3, 1, 1),
+    (9, 5, 2, 0),   # stride 2 on a padded map (TensorFlow "same" padding done before)
+    (6, 7, 2, 3),
+    (5, 5, 1, 0),
+    (12, 5, 1, 2),  # a map above SMALL_MAP: oneDNN's gradient
+])
+def test_depthwise_conv2d_gives_conv2ds_output_and_gradients(size, k, stride, padding, channels_last, monkeypatch):
+    calls = []
+    shifted = kernels._shifted_weight_grad
+    monkeypatch.setattr(kernels, "_shifted_weight_grad", lambda *a: calls.append(1) or shifted(*a))
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(6, 1, k, k, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    y_ref, gx_ref, gw_ref, gb_ref, weights = _reference(x, w, b, stride, padding)
+    y = depthwise_conv2d(x, w, b, stride, padding)
+    (y * weights.float()).sum().backward()
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), gx_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad.double(), gw_ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(b.grad.double(), gb_ref, rtol=1e-5, atol=1e-4)
+    out_pixels = y.shape[-1] * y.shape[-2]
+    assert bool(calls) == (k > 3 and out_pixels <= kernels.SMALL_MAP)
+
+
+def test_depthwise_conv2d_without_bias_and_with_frozen_input():
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 4, 4)  # no gradient wanted for the input, as for a network's first layer
+    w = torch.randn(4, 1, 5, 5, requires_grad=True)
+    y_ref, _, gw_ref, _, weights = _reference(x, w, None, 1, 2)
+    y = depthwise_conv2d(x, w, None, 1, 2)
+    (y * weights.float()).sum().backward()
+    torch.testing.assert_close(w.grad.double(), gw_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_depthwise_conv2d_refuses_a_weight_that_is_not_depthwise():
+    with pytest.raises(ValueError, match=r"weight of shape \(6, 1, kh, kw\).*got \(6, 2, 3, 3\)"):
+        depthwise_conv2d(torch.randn(1, 6, 8, 8), torch.randn(6, 2, 3, 3))
+    assert is_depthwise(torch.empty(6, 1, 3, 3), 6, 1)
+    assert not is_depthwise(torch.empty(6, 1, 3, 3), 6, (2, 2))
+    assert not is_depthwise(torch.empty(12, 1, 3, 3), 6, 1)  # a channel multiplier of 2
+
+
+def _same_padding_net():
+    """TensorFlow-"same" depthwise convolutions (timm's Conv2dSame), strided and not, each with a BatchNorm."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU6(),
+        Conv2dSame(8, 8, 5, stride=2, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+        Conv2dSame(8, 8, 3, stride=2, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+        Conv2dSame(8, 8, 5, stride=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_folded_same_padding_depthwise_convolutions_learn_the_same_weights():
+    x = torch.randn(8, 3, 16, 16)  # maps of 8x8 and 4x4 after the strided layers: the shifted gradient runs
+    y = torch.arange(8) % 3
+    plain = _same_padding_net()
+    folded = copy.deepcopy(plain)
+
+    def train(m):
+        opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    train(plain)
+    with bn_folded(folded, x[:4]) as n:
+        assert n == 4
+        train(folded)
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(folded.state_dict()[k], v, rtol=2e-3, atol=2e-4, msg=k)
+
+
+def test_keeping_freed_memory_is_applied_once_and_allocation_still_works():
+    first = keep_freed_memory()
+    assert keep_freed_memory() is first
+    if sys.platform.startswith("linux"):
+        assert first is True
+    big = torch.ones(64, 1024, 1024)  # 256 MiB, above glibc's mmap threshold
+    assert float(big[-1, -1, -1]) == 1.0
+    del big
