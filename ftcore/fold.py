@@ -102,7 +102,23 @@ def _after_forward(bn: nn.Module):
     """Forward of a folded BatchNorm module: what it does after normalising (timm: drop, then activation)."""
     if type(bn) is nn.BatchNorm2d:
         return lambda x: x
-    return lambda x: bn.act(bn.drop(x))
+    act = _out_of_place(bn.act)
+    return lambda x: act(bn.drop(x))
+
+
+def _out_of_place(act: nn.Module):
+    """`act` computed out of place: the same values, without the copy that autograd makes before an in-place one.
+
+    Autograd clones the input of an in-place activation whose gradient needs
+    it (``hardtanh_`` for ReLU6): a whole extra pass over the activations,
+    4 of 6 ms for one 32x96x64x64 ReLU6 on a 2-core CPU.
+    """
+    if not getattr(act, "inplace", False):
+        return act
+    if type(act) in (nn.ReLU6, nn.Hardtanh):
+        return lambda x: F.hardtanh(x, act.min_val, act.max_val)
+    simple = {nn.ReLU: F.relu, nn.SiLU: F.silu, nn.Hardswish: F.hardswish, nn.Hardsigmoid: F.hardsigmoid}
+    return simple.get(type(act), act)
 
 
 def foldable_pairs(model: nn.Module, example: torch.Tensor, update_bn: bool = False) -> list[tuple[str, str]]:
