@@ -33,7 +33,7 @@ from torch import nn
 from timm.layers.conv2d_same import Conv2dSame
 from timm.layers.padding import pad_same
 
-from .kernels import depthwise_conv2d, is_depthwise
+from .kernels import conv2d_hardtanh, depthwise_conv2d, fused_activation_available, is_depthwise
 
 __all__ = ["bn_folded", "foldable_pairs", "patch_forward"]
 
@@ -72,8 +72,8 @@ def patch_forward(module: nn.Module, forward) -> "Callable[[], None]":
     return undo
 
 
-def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d):
-    """Forward of `conv` with the fixed-statistics `bn` after it merged in."""
+def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, clamp: tuple[float, float] | None = None):
+    """Forward of `conv` with the fixed-statistics `bn` after it merged in (and `bn`'s clamp activation, if given)."""
     depthwise = is_depthwise(conv.weight, conv.groups, conv.dilation)
 
     def forward(x):
@@ -91,6 +91,8 @@ def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d):
             return conv._conv_forward(x, w, shift)
         else:
             padding = conv.padding
+        if clamp is not None:  # ReLU6 written with the convolution's output (ftcore.kernels)
+            return conv2d_hardtanh(x, w, shift, conv.stride, padding, conv.groups, *clamp)
         if depthwise:  # same result, faster weight gradient on a CPU (ftcore.kernels)
             return depthwise_conv2d(x, w, shift, conv.stride, padding)
         return F.conv2d(x, w, shift, conv.stride, padding, conv.dilation, conv.groups)
@@ -104,6 +106,19 @@ def _after_forward(bn: nn.Module):
         return lambda x: x
     act = _out_of_place(bn.act)
     return lambda x: act(bn.drop(x))
+
+
+def _fused_clamp(conv: nn.Module, bn: nn.Module) -> tuple[float, float] | None:
+    """Bounds of `bn`'s activation when it is a clamp (ReLU6, Hardtanh) that oneDNN can apply inside `conv`."""
+    if type(bn) is nn.BatchNorm2d or type(getattr(bn, "drop", None)) is not nn.Identity:
+        return None
+    act = getattr(bn, "act", None)
+    dil = tuple(conv.dilation)
+    if type(act) not in (nn.ReLU6, nn.Hardtanh) or dil != (1, 1) or not fused_activation_available():
+        return None
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    return float(act.min_val), float(act.max_val)
 
 
 def _out_of_place(act: nn.Module):
@@ -214,7 +229,9 @@ def bn_folded(model: nn.Module, example: torch.Tensor, update_bn: bool = False,
         for conv_name, bn_name in pairs:
             conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
             # Instance attributes shadow the class's forward; module names, parameters and hooks stay as they are.
-            patched += [patch_forward(conv, _folded_forward(conv, bn)), patch_forward(bn, _after_forward(bn))]
+            clamp = _fused_clamp(conv, bn)
+            after = (lambda x: x) if clamp is not None else _after_forward(bn)
+            patched += [patch_forward(conv, _folded_forward(conv, bn, clamp)), patch_forward(bn, after)]
         with torch.inference_mode():
             folded = model(example).float()
         ok = folded.shape == reference.shape and torch.allclose(folded, reference, rtol=rtol, atol=atol)

@@ -7,12 +7,14 @@ import sys
 
 import pytest
 import torch
+from timm.layers import BatchNormAct2d
 from timm.layers.conv2d_same import Conv2dSame
 from torch import nn
 
 import ftcore.kernels as kernels
 from ftcore.fold import bn_folded
-from ftcore.kernels import depthwise_conv2d, is_depthwise, keep_freed_memory
+from ftcore.kernels import (conv2d_hardtanh, depthwise_conv2d, fused_activation_available, is_depthwise,
+                            keep_freed_memory)
 
 
 def _reference(x, w, b, stride, padding):
@@ -76,14 +78,19 @@ def test_depthwise_conv2d_refuses_a_weight_that_is_not_depthwise():
 
 
 def _same_padding_net():
-    """TensorFlow-"same" depthwise convolutions (timm's Conv2dSame), strided and not, each with a BatchNorm."""
+    """TensorFlow-"same" depthwise convolutions (timm's Conv2dSame), strided and not, each with a BatchNorm.
+
+    As in EfficientNet-lite: timm's BatchNormAct2d with ReLU6 (fused into the
+    convolution when folded), and one plain BatchNorm2d + ReLU6 (not fused).
+    """
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU6(),
-        Conv2dSame(8, 8, 5, stride=2, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
-        Conv2dSame(8, 8, 3, stride=2, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
-        Conv2dSame(8, 8, 5, stride=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+        Conv2dSame(8, 8, 5, stride=2, groups=8, bias=False), BatchNormAct2d(8, act_layer=nn.ReLU6),
+        Conv2dSame(8, 16, 1, bias=False), BatchNormAct2d(16, act_layer=nn.ReLU6),
+        Conv2dSame(16, 16, 3, stride=2, groups=16, bias=False), BatchNormAct2d(16, act_layer=nn.ReLU6),
+        Conv2dSame(16, 16, 5, stride=1, groups=16, bias=False), BatchNormAct2d(16, act_layer=nn.ReLU6),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -91,8 +98,12 @@ def _same_padding_net():
     return net.eval()
 
 
-def test_folded_same_padding_depthwise_convolutions_learn_the_same_weights():
-    x = torch.randn(8, 3, 16, 16)  # maps of 8x8 and 4x4 after the strided layers: the shifted gradient runs
+def test_folded_same_padding_depthwise_convolutions_learn_the_same_weights(monkeypatch):
+    import ftcore.fold as fold
+
+    fused = []
+    monkeypatch.setattr(fold, "conv2d_hardtanh", lambda *a: fused.append(a[0].shape) or conv2d_hardtanh(*a))
+    x = 3 * torch.randn(8, 3, 16, 16)  # maps of 8x8 and 4x4 after the strided layers: the shifted gradient runs
     y = torch.arange(8) % 3
     plain = _same_padding_net()
     folded = copy.deepcopy(plain)
@@ -107,8 +118,9 @@ def test_folded_same_padding_depthwise_convolutions_learn_the_same_weights():
 
     train(plain)
     with bn_folded(folded, x[:4]) as n:
-        assert n == 4
+        assert n == 5
         train(folded)
+    assert len(fused) == (4 * 4 if fused_activation_available() else 0)  # 4 clamps: the logits check + 3 steps
     for k, v in plain.state_dict().items():
         torch.testing.assert_close(folded.state_dict()[k], v, rtol=2e-3, atol=2e-4, msg=k)
 
@@ -121,3 +133,31 @@ def test_keeping_freed_memory_is_applied_once_and_allocation_still_works():
     big = torch.ones(64, 1024, 1024)  # 256 MiB, above glibc's mmap threshold
     assert float(big[-1, -1, -1]) == 1.0
     del big
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("cin,cout,groups,size,k,stride,padding", [
+    (4, 6, 1, 8, 1, 1, 0),     # pointwise
+    (4, 6, 1, 9, 3, 2, 1),     # a stem
+    (6, 6, 6, 4, 5, 1, 2),     # depthwise, small map: shifted weight gradient
+    (6, 6, 6, 9, 3, 2, 0),     # depthwise, strided
+    (6, 6, 6, 12, 5, 1, 2),    # depthwise, map above SMALL_MAP
+])
+def test_conv2d_hardtanh_gives_conv_then_clamp(cin, cout, groups, size, k, stride, padding, channels_last):
+    torch.manual_seed(0)
+    x = 4 * torch.randn(2, cin, size, size)  # outputs on both sides of 0 and 6, so the clamp's gradient matters
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(cout, cin // groups, k, k, requires_grad=True)
+    b = torch.randn(cout, requires_grad=True)
+    x2, w2, b2 = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    y = conv2d_hardtanh(x, w, b, stride, padding, groups, 0.0, 6.0)
+    y_ref = nn.functional.hardtanh(nn.functional.conv2d(x2, w2, b2, stride, padding, 1, groups), 0.0, 6.0)
+    assert (y_ref == 0).any() and (y_ref == 6).any() and ((y_ref > 0) & (y_ref < 6)).any()
+    weights = torch.randn(y.shape)
+    (y * weights).sum().backward()
+    (y_ref * weights).sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-4)
+    for got, want in ((x.grad, x2.grad), (w.grad, w2.grad), (b.grad, b2.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
