@@ -42,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ftcore.config import AUGMENT_PRESETS  # noqa: E402 - after the path insert
+
 SETTINGS = {"head only": "head", "last 2 groups": "last:2", "all": "all"}
 
 
@@ -81,7 +83,6 @@ def run_reference(a: argparse.Namespace) -> dict:
 
     from ftcore.augment import preset_transforms
     from ftcore.backbones import build_model
-    from ftcore.config import TrainConfig
     from ftcore.layers import apply_freeze, classifier_modules, layer_groups, set_train_mode, trainable_group_names
     from ftcore.training import _seed_everything
 
@@ -90,8 +91,8 @@ def run_reference(a: argparse.Namespace) -> dict:
     split = json.loads(Path(a.split_file).read_text())
     classes, train_files, val_files = split["class_names"], split["train"], split["val"]
     model, _ = build_model(a.model, len(classes), "auto", a.img_size)
-    # The product's default augmentation preset, so that both loops augment alike.
-    train_tf, val_tf, _ = preset_transforms(model, a.img_size, TrainConfig().augment)
+    # The product's augmentation preset (its default unless --augment says), so that both loops augment alike.
+    train_tf, val_tf, _ = preset_transforms(model, a.img_size, a.augment)
     ds_tr, ds_va = ImageFolder(a.data, transform=train_tf), ImageFolder(a.data, transform=val_tf)
     index = {p: i for i, (p, _) in enumerate(ds_tr.samples)}
     tr_idx = [index[f] for f in train_files]
@@ -149,7 +150,8 @@ def run_product(a: argparse.Namespace) -> dict:
         data=DataConfig(train_dir=a.data, val_fraction=a.val_fraction),
         train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, backbone_lr_scale=a.backbone_lr_scale,
                           img_size=a.img_size, baseline=False, seed=a.seed, num_workers=a.workers,
-                          feature_cache=not a.no_feature_cache, channels_last=not a.no_channels_last),
+                          feature_cache=not a.no_feature_cache, channels_last=not a.no_channels_last,
+                          augment=a.augment),
     )
     store = RunStore(a.store)
     run_id = store.create_run(cfg)
@@ -187,7 +189,7 @@ def _one(kind: str, a: argparse.Namespace, unfreeze: str) -> dict:
            "--img-size", str(a.img_size), "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
            "--lr", str(a.lr), "--backbone-lr-scale", str(a.backbone_lr_scale), "--seed", str(a.seed),
            "--val-fraction", str(a.val_fraction), "--workers", str(a.workers), "--store", a.store,
-           "--split-file", a.split_file]
+           "--split-file", a.split_file, "--augment", a.augment]
     cmd += ["--no-feature-cache"] * a.no_feature_cache + ["--no-channels-last"] * a.no_channels_last
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if p.returncode != 0:
@@ -217,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of: " + ", ".join(SETTINGS))
+    p.add_argument("--augment", default=None, choices=AUGMENT_PRESETS,
+                   help="augmentation preset of both loops (default: the product's default, light); 'none' makes the "
+                        "product's frozen-prefix path the same computation as the reference's")
     p.add_argument("--no-feature-cache", action="store_true", help="product without the frozen-prefix cache")
     p.add_argument("--no-channels-last", action="store_true", help="product without channels_last")
     p.add_argument("--json", default=None, help="also write all raw results to this file")
@@ -225,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default=None, help=argparse.SUPPRESS)
     p.add_argument("--split-file", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.augment is None:
+        from ftcore.config import TrainConfig
+
+        a.augment = TrainConfig().augment  # the product's default
     if a.one:
         print(json.dumps(run_reference(a) if a.one == "reference" else run_product(a)))
         return 0
@@ -244,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
               f"torch {torch.__version__}; {a.model} at {a.img_size} px, batch {a.batch_size}, {a.epochs} epochs, "
+              f"augmentation {a.augment!r}, "
               f"data {a.data}{f' ({a.per_class} a class)' if a.per_class else ''}, {a.repeats} repeats", flush=True)
         raw: dict = {}
         for name in settings:
