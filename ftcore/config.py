@@ -191,7 +191,7 @@ class TrainConfig:
     update_bn : bool, default False
         Let BatchNorm layers in unfrozen groups update their running
         statistics (see :func:`ftcore.layers.set_train_mode`). Frozen groups'
-        BatchNorm never updates.
+        BatchNorm never updates. Needs a batch size of at least 2.
     baseline : bool, default True
         Also train the frozen baseline (linear probe) on the same split.
     seed : int, default 0
@@ -275,6 +275,10 @@ class TrainConfig:
                 raise ConfigError(f"'{name}' is {value!r}; it must be true or false (JSON booleans, not strings).")
         _check_int("epochs", self.epochs, 1, 1000)
         _check_int("batch size", self.batch_size, 1, 4096)
+        if self.update_bn and self.batch_size < 2:
+            raise ConfigError("batch size 1 cannot be used with update_bn (--update-bn): a BatchNorm layer that "
+                              "updates its statistics needs at least 2 images a batch. Raise the batch size, or "
+                              "leave update_bn off.")
         _check_int("seed", self.seed, 0, 2**32 - 1)
         _check_int("data-loader workers", self.num_workers, 0, 64)
         if self.img_size is not None:

@@ -105,6 +105,8 @@ def test_data_config_validation():
         ({"early_stopping_metric": "f1"}, r"early-stopping metric 'f1' is not one of val_loss, val_accuracy, "
                                           r"val_macro_recall"),
         ({"device": "tpu"}, r"device 'tpu' is not one of auto, cpu, cuda, mps"),
+        ({"batch_size": 1, "update_bn": True}, r"batch size 1 cannot be used with update_bn \(--update-bn\).*at "
+                                               r"least 2 images a batch"),
     ],
 )
 def test_train_config_rejects_out_of_range(kwargs, pattern):
