@@ -108,6 +108,20 @@ def _after_forward(bn: nn.Module):
     return lambda x: act(bn.drop(x))
 
 
+def _backward_runs(model: nn.Module, example: torch.Tensor) -> bool:
+    """Whether a forward and backward pass of `model` on `example` runs (gradients returned, ``.grad`` untouched)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return True
+    try:
+        with torch.enable_grad():
+            torch.autograd.grad(model(example).float().sum(), params, allow_unused=True)
+    except RuntimeError as err:
+        log.info("the model modifies a fused activation's output in place (%s); folding without fusing", err)
+        return False
+    return True
+
+
 def _fused_clamp(conv: nn.Module, bn: nn.Module) -> tuple[float, float] | None:
     """Bounds of `bn`'s activation when it is a clamp (ReLU6, Hardtanh) that oneDNN can apply inside `conv`."""
     if type(bn) is nn.BatchNorm2d or type(getattr(bn, "drop", None)) is not nn.Identity:
@@ -154,33 +168,40 @@ def foldable_pairs(model: nn.Module, example: torch.Tensor, update_bn: bool = Fa
     list of (str, str)
         ``(convolution name, BatchNorm name)`` in ``model.named_modules()``.
     """
-    produced: dict[int, str] = {}
+    # Tensor id -> (leaf module that returned it last, the tensor itself (kept alive, so that its id is not
+    # reused during the pass), its version (an in-place change in between bumps it), whether that is a convolution).
+    produced: dict[int, tuple[str, torch.Tensor, int, bool]] = {}
     pairs: list[tuple[str, str]] = []
     calls: dict[str, int] = {}
     handles = []
     for name, m in model.named_modules():
-        if type(m) in (nn.Conv2d, Conv2dSame):
-            def post(mod, args, out, name=name):  # noqa: ARG001
-                calls[name] = calls.get(name, 0) + 1
-                produced[id(out)] = name
-            handles.append(m.register_forward_hook(post))
-        elif isinstance(m, nn.BatchNorm2d) and _foldable_norm(m) and m.running_var is not None:
-            if update_bn and any(p.requires_grad for p in m.parameters()):
-                continue
-
+        foldable_bn = isinstance(m, nn.BatchNorm2d) and _foldable_norm(m) and m.running_var is not None
+        foldable_bn = foldable_bn and not (update_bn and any(p.requires_grad for p in m.parameters()))
+        if foldable_bn:
             def pre(mod, args, name=name):  # noqa: ARG001
                 calls[name] = calls.get(name, 0) + 1
-                conv = produced.get(id(args[0]))
-                if conv is not None:
-                    pairs.append((conv, name))
+                x = args[0] if args else None
+                seen = produced.get(id(x)) if isinstance(x, torch.Tensor) else None
+                if seen is not None and seen[1] is x and seen[2] == x._version and seen[3]:
+                    pairs.append((seen[0], name))
             handles.append(m.register_forward_pre_hook(pre))
-    was_training = model.training
+        if next(m.children(), None) is None:  # a leaf: what it returns is its own (Dropout in eval returns its input)
+            is_conv = type(m) in (nn.Conv2d, Conv2dSame)
+
+            def post(mod, args, out, name=name, is_conv=is_conv, counted=foldable_bn):  # noqa: ARG001
+                if not counted:  # a BatchNorm's calls are counted by its pre-hook
+                    calls[name] = calls.get(name, 0) + 1
+                if isinstance(out, torch.Tensor):
+                    produced[id(out)] = (name, out, out._version, is_conv)
+            handles.append(m.register_forward_hook(post))
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: version counters are needed
             model(example)
     finally:
-        model.train(was_training)
+        for mod, training in modes.items():
+            mod.training = training
         for h in handles:
             h.remove()
     # A module called more than once (shared) cannot be folded safely.
@@ -214,10 +235,14 @@ def bn_folded(model: nn.Module, example: torch.Tensor, update_bn: bool = False,
     if not pairs:
         yield 0
         return
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # set_train_mode's per-module choice, restored below
     model.eval()
     with torch.inference_mode():
         reference = model(example).float()
+
+    def restore_modes() -> None:
+        for mod, training in modes.items():
+            mod.training = training
     patched: list = []  # undo functions
 
     def undo() -> None:
@@ -225,13 +250,23 @@ def bn_folded(model: nn.Module, example: torch.Tensor, update_bn: bool = False,
             restore()
         patched.clear()
 
-    try:
+    def patch(fuse: bool) -> int:
+        fused = 0
         for conv_name, bn_name in pairs:
             conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
             # Instance attributes shadow the class's forward; module names, parameters and hooks stay as they are.
-            clamp = _fused_clamp(conv, bn)
+            clamp = _fused_clamp(conv, bn) if fuse else None
+            fused += clamp is not None
             after = (lambda x: x) if clamp is not None else _after_forward(bn)
-            patched += [patch_forward(conv, _folded_forward(conv, bn, clamp)), patch_forward(bn, after)]
+            patched.extend([patch_forward(conv, _folded_forward(conv, bn, clamp)), patch_forward(bn, after)])
+        return fused
+
+    try:
+        if patch(fuse=True) and not _backward_runs(model, example):
+            # The model changes a fused output in place (e.g. ``y += shortcut``), which the fused
+            # activation's gradient needs unchanged: fold without fusing.
+            undo()
+            patch(fuse=False)
         with torch.inference_mode():
             folded = model(example).float()
         ok = folded.shape == reference.shape and torch.allclose(folded, reference, rtol=rtol, atol=atol)
@@ -239,8 +274,8 @@ def bn_folded(model: nn.Module, example: torch.Tensor, update_bn: bool = False,
             log.info("folding BatchNorm changed the logits (max difference %.3g); training unfolded",
                      (folded - reference).abs().max().item())
             undo()
-        model.train(was_training)
+        restore_modes()
         yield len(patched) // 2
     finally:
         undo()
-        model.train(was_training)
+        restore_modes()

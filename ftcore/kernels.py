@@ -62,7 +62,8 @@ def keep_freed_memory(trim_threshold_bytes: int = 1 << 30) -> bool:
     Parameters
     ----------
     trim_threshold_bytes : int, default 1 GiB
-        Free heap memory kept for reuse rather than returned to the system.
+        Free heap memory kept for reuse rather than returned to the system
+        (clipped to 0 .. 2**31 - 1, the range of ``mallopt``'s C int).
 
     Returns
     -------
@@ -83,7 +84,8 @@ def keep_freed_memory(trim_threshold_bytes: int = 1 << 30) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold_bytes)))
+    trim = max(0, min(int(trim_threshold_bytes), 2**31 - 1))  # mallopt takes a C int
+    ok = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
     _kept = ok
     if not ok:  # pragma: no cover - glibc accepts both values
         log.info("mallopt refused the allocator settings; large blocks are returned to the system as usual")
@@ -204,7 +206,9 @@ def conv2d_hardtanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     through it is this function's own gradient: the clamp's mask from the
     output, then the convolution's gradients as in :func:`depthwise_conv2d`.
     Falls back to the two PyTorch calls off the CPU, in other dtypes than
-    float32, under autocast, when gradients are off or without oneDNN.
+    float32, under autocast, when gradients are off, without oneDNN, and when
+    `weight` or `bias` holds a NaN or infinity (oneDNN's clamp would turn a
+    NaN into a bound and hide the divergence from the loss).
 
     Parameters
     ----------
@@ -222,7 +226,11 @@ def conv2d_hardtanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     torch.Tensor of shape (batch, out_channels, out_height, out_width)
     """
     stride, padding = _pair(stride), _pair(padding)
-    if not (_fast_path(x, weight) and fused_activation_available()):
+    # oneDNN's clamp turns NaN into a bound; with a diverged weight, PyTorch's path keeps the NaN in the
+    # loss, where the training loop sees it and restores the last good weights.
+    finite = _fast_path(x, weight) and bool(torch.isfinite(weight).all()) and (
+        bias is None or bool(torch.isfinite(bias).all()))
+    if not (finite and fused_activation_available()):
         if groups == x.shape[1] and is_depthwise(weight, groups, 1):
             return F.hardtanh(depthwise_conv2d(x, weight, bias, stride, padding), min_val, max_val)
         return F.hardtanh(F.conv2d(x, weight, bias, stride, padding, 1, groups), min_val, max_val)

@@ -110,3 +110,45 @@ def test_a_fold_that_would_change_the_logits_is_not_made():
         assert n == 0
         assert isinstance(m.conv, nn.Conv2d) and isinstance(m.bn, nn.BatchNorm2d)
         torch.testing.assert_close(m(x), ref)
+
+
+class _PreAct(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn, self.conv2 = nn.Conv2d(c, 2 * c, 1), nn.BatchNorm2d(2 * c), nn.Conv2d(2 * c, c, 1)
+
+    def forward(self, x):
+        return x + self.conv2(torch.relu(self.bn(self.conv1(x))))
+
+
+def test_a_batchnorm_after_a_residual_add_is_not_paired_with_a_freed_convolution_output():
+    # The add's result may get the id of conv1's freed output; pairing by id alone folded the wrong BatchNorm.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), _PreAct(4), nn.BatchNorm2d(4), _PreAct(4), nn.BatchNorm2d(4),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert foldable_pairs(net, x) == [("1.conv1", "1.bn"), ("3.conv1", "3.bn")]
+    with bn_folded(net, x) as n:
+        assert n == 2
+
+
+@pytest.mark.parametrize("between", [nn.Dropout(0.5), nn.ReLU(inplace=True), nn.Identity()])
+def test_a_layer_between_convolution_and_batchnorm_prevents_folding(between):
+    # Dropout (eval) and in-place ReLU return their input object; folding through them changes training.
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), between, nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).eval()
+    assert foldable_pairs(net, torch.randn(2, 3, 8, 8)) == []
+
+
+def test_folding_keeps_each_modules_train_or_eval_mode():
+    m = _model("test_efficientnet")
+    set_train_mode(m, False)
+    modes = {name: mod.training for name, mod in m.named_modules()}
+    assert any(modes.values()) and not all(modes.values())
+    x = torch.randn(2, 3, 48, 48)
+    foldable_pairs(m, x)
+    assert {name: mod.training for name, mod in m.named_modules()} == modes
+    with bn_folded(m, x) as n:
+        assert n > 0
+        assert {name: mod.training for name, mod in m.named_modules()} == modes
+    assert {name: mod.training for name, mod in m.named_modules()} == modes

@@ -120,7 +120,8 @@ def test_folded_same_padding_depthwise_convolutions_learn_the_same_weights(monke
     with bn_folded(folded, x[:4]) as n:
         assert n == 5
         train(folded)
-    assert len(fused) == (4 * 4 if fused_activation_available() else 0)  # 4 clamps: the logits check + 3 steps
+    # 4 clamps, each in: the backward check, the logits check and 3 steps.
+    assert len(fused) == (4 * 5 if fused_activation_available() else 0)
     for k, v in plain.state_dict().items():
         torch.testing.assert_close(folded.state_dict()[k], v, rtol=2e-3, atol=2e-4, msg=k)
 
@@ -161,3 +162,50 @@ def test_conv2d_hardtanh_gives_conv_then_clamp(cin, cout, groups, size, k, strid
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-4)
     for got, want in ((x.grad, x2.grad), (w.grad, w2.grad), (b.grad, b2.grad)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def _relu6_block_net(inplace_residual: bool):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+            self.bn = BatchNormAct2d(4, act_layer=nn.ReLU6)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            if inplace_residual:
+                y += x  # changes the fused output in place
+                return y
+            return y + x
+
+    torch.manual_seed(0)
+    return nn.Sequential(Block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+
+
+@pytest.mark.parametrize("inplace_residual", [False, True])
+def test_a_model_that_changes_the_fused_output_in_place_is_folded_without_fusing(inplace_residual, monkeypatch):
+    import ftcore.fold as fold
+
+    fused = []
+    monkeypatch.setattr(fold, "conv2d_hardtanh", lambda *a: fused.append(1) or conv2d_hardtanh(*a))
+    x, y = torch.randn(2, 4, 6, 6), torch.tensor([0, 1])
+    plain, folded = _relu6_block_net(inplace_residual), _relu6_block_net(inplace_residual)
+    nn.functional.cross_entropy(plain(x), y).backward()
+    with bn_folded(folded, x) as n:
+        assert n == 1
+        fused.clear()
+        nn.functional.cross_entropy(folded(x), y).backward()  # no autograd error about an in-place change
+    assert bool(fused) == (not inplace_residual and fused_activation_available())
+    for (name, a), b in zip(plain.named_parameters(), folded.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_diverged_weight_still_makes_the_loss_nan_through_a_fused_activation():
+    x, y = torch.randn(2, 4, 6, 6), torch.tensor([0, 1])
+    net = _relu6_block_net(False)
+    with bn_folded(net, x) as n:
+        assert n == 1
+        with torch.no_grad():
+            net[0].conv.weight[0, 0, 0, 0] = float("nan")
+        loss = nn.functional.cross_entropy(net(x), y)
+    assert torch.isnan(loss)  # what the training loop checks, to restore the last good weights
