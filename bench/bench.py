@@ -204,7 +204,8 @@ def _after_first(r: dict) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10" / "train"),
                    help="folder with one sub-folder per class (default ../shared/data/cifar10/train)")
     p.add_argument("--per-class", type=int, default=0, help="use only the first N images of each class (0: all)")
@@ -239,12 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.epochs < 2:
         p.error("--epochs must be at least 2: the first epoch is not timed")
+    if not Path(a.data).is_dir():
+        p.error(f"--data {a.data!r} is not a folder; give a folder with one sub-folder of images per class "
+                "(e.g. --data ../shared/data/cifar10/train from the project folder)")
     settings = [s.strip() for s in a.settings.split(",")]
     bad = [s for s in settings if s not in SETTINGS]
     if bad:
         p.error(f"unknown settings {bad}; choose from {list(SETTINGS)}")
     with tempfile.TemporaryDirectory(prefix="ftcore-bench-") as tmp:
-        if a.per_class:
+        given = a.data
+        if a.per_class:  # a temporary copy of the first N images a class, removed at the end
             a.data = _subset(a.data, a.per_class, Path(tmp) / "data")
         a.store = str(Path(tmp) / "store")
         a.split_file = str(Path(tmp) / "split.json")
@@ -254,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
               f"torch {torch.__version__}; {a.model} at {a.img_size} px, batch {a.batch_size}, {a.epochs} epochs, "
               f"augmentation {a.augment!r}, "
-              f"data {a.data}{f' ({a.per_class} a class)' if a.per_class else ''}, {a.repeats} repeats", flush=True)
+              f"data {given}{f' (first {a.per_class} a class)' if a.per_class else ''}, "
+              f"{a.repeats} repeat{'s' if a.repeats != 1 else ''}", flush=True)
         raw: dict = {}
         for name in settings:
             runs = {"reference": [], "product": []}
@@ -291,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"yes, up to {prefix.get('entry')} ({prefix.get('bytes', 0) / 1e6:.1f} MB)" if prefix.get("used")
                      else f"no ({prefix.get('reason')})"))
         print("\nimg/s: training images per second in epochs after the first (reading batches included); "
-              "s/ep: wall seconds per epoch after the first (validation included); medians over repeats.")
+              "s/ep: wall seconds per epoch after the first (validation included); medians over repeats. "
+              "ratio = ftcore img/s / reference img/s and ep ratio = reference s/ep / ftcore s/ep: above 1, the "
+              "product is faster.")
         if a.json:
             Path(a.json).write_text(json.dumps(raw, indent=1))
     return 0

@@ -277,6 +277,8 @@ def run_experiment(
         later_factor = 1.0  # step cost of the fine-tuned model relative to the one training now
         for i_model, model_name in enumerate(plan):
             _seed_everything(tc.seed)  # same head initialisation and augmentation stream for both models
+            if i_model:  # and the same batch order: the loader's own generator and sampler start afresh
+                tl, vl = _loaders(split, train_tf, val_tf, tc, tc.seed)
             model, _ = build_model(config.backbone.name, n_classes, config.backbone.weights, tc.img_size)
             channels_last = tc.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
             groups = layer_groups(model)

@@ -96,3 +96,15 @@ def test_thread_count_leaves_cores_to_data_loader_workers(monkeypatch):
         assert set_threads(0) == 1  # an explicit OMP_NUM_THREADS is kept
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_fine_tuned_result_does_not_depend_on_how_the_baseline_ran(make_image_folder, store):
+    """The baseline's pass over the training loader must not change the fine-tuned model's batch order."""
+    folder = make_image_folder(classes={"red": 8, "green": 8, "blue": 8})
+    cfg = _with_train(tiny_run_config(folder, unfreeze="all", epochs=2), batch_size=4)
+    losses = []
+    for changes in ({}, {"feature_cache": False}, {"baseline": False}):
+        _, rec = _run(store, _with_train(cfg, **changes))
+        ep = store.epochs(rec.run_id)
+        losses.append(ep[ep["model"] == "finetuned"].sort_values("epoch")[["train_loss", "val_loss"]].to_numpy())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
