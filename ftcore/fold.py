@@ -72,6 +72,23 @@ def patch_forward(module: nn.Module, forward) -> "Callable[[], None]":
     return undo
 
 
+def _zero_padded(conv: nn.Module) -> bool:
+    """Whether `conv` pads with zeros by numbers (or is timm's Conv2dSame), the padding the folded paths compute."""
+    return type(conv) is Conv2dSame or (conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
+@contextlib.contextmanager
+def _modes_kept(model: nn.Module) -> Iterator[None]:
+    """Put `model` in eval mode for the block, then give every module back its own mode (``set_train_mode``'s)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for mod, training in modes.items():
+            mod.training = training
+
+
 def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, clamp: tuple[float, float] | None = None):
     """Forward of `conv` with the fixed-statistics `bn` after it merged in (and `bn`'s clamp activation, if given)."""
     depthwise = is_depthwise(conv.weight, conv.groups, conv.dilation)
@@ -85,10 +102,10 @@ def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, clamp: tuple[float, flo
         if conv.bias is not None:
             shift = shift + conv.bias * scale
         w = conv.weight * scale.reshape(-1, 1, 1, 1)
+        if not _zero_padded(conv):
+            return conv._conv_forward(x, w, shift)
         if type(conv) is Conv2dSame:  # timm's TensorFlow "same" padding, the only other convolution type folded
             x, padding = pad_same(x, w.shape[-2:], conv.stride, conv.dilation), (0, 0)
-        elif conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            return conv._conv_forward(x, w, shift)
         else:
             padding = conv.padding
         if clamp is not None:  # ReLU6 written with the convolution's output (ftcore.kernels)
@@ -128,9 +145,9 @@ def _fused_clamp(conv: nn.Module, bn: nn.Module) -> tuple[float, float] | None:
         return None
     act = getattr(bn, "act", None)
     dil = tuple(conv.dilation)
-    if type(act) not in (nn.ReLU6, nn.Hardtanh) or dil != (1, 1) or not fused_activation_available():
+    if type(act) not in (nn.ReLU6, nn.Hardtanh) or dil != (1, 1) or not _zero_padded(conv):
         return None
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+    if not fused_activation_available():
         return None
     return float(act.min_val), float(act.max_val)
 
@@ -194,14 +211,10 @@ def foldable_pairs(model: nn.Module, example: torch.Tensor, update_bn: bool = Fa
                 if isinstance(out, torch.Tensor):
                     produced[id(out)] = (name, out, out._version, is_conv)
             handles.append(m.register_forward_hook(post))
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():  # not inference_mode: version counters are needed
+        with _modes_kept(model), torch.no_grad():  # not inference_mode: version counters are needed
             model(example)
     finally:
-        for mod, training in modes.items():
-            mod.training = training
         for h in handles:
             h.remove()
     # A module called more than once (shared) cannot be folded safely.
@@ -235,14 +248,8 @@ def bn_folded(model: nn.Module, example: torch.Tensor, update_bn: bool = False,
     if not pairs:
         yield 0
         return
-    modes = {m: m.training for m in model.modules()}  # set_train_mode's per-module choice, restored below
-    model.eval()
-    with torch.inference_mode():
+    with _modes_kept(model), torch.inference_mode():
         reference = model(example).float()
-
-    def restore_modes() -> None:
-        for mod, training in modes.items():
-            mod.training = training
     patched: list = []  # undo functions
 
     def undo() -> None:
@@ -262,20 +269,19 @@ def bn_folded(model: nn.Module, example: torch.Tensor, update_bn: bool = False,
         return fused
 
     try:
-        if patch(fuse=True) and not _backward_runs(model, example):
-            # The model changes a fused output in place (e.g. ``y += shortcut``), which the fused
-            # activation's gradient needs unchanged: fold without fusing.
-            undo()
-            patch(fuse=False)
-        with torch.inference_mode():
-            folded = model(example).float()
+        with _modes_kept(model):
+            if patch(fuse=True) and not _backward_runs(model, example):
+                # The model changes a fused output in place (e.g. ``y += shortcut``), which the fused
+                # activation's gradient needs unchanged: fold without fusing.
+                undo()
+                patch(fuse=False)
+            with torch.inference_mode():
+                folded = model(example).float()
         ok = folded.shape == reference.shape and torch.allclose(folded, reference, rtol=rtol, atol=atol)
         if not ok:
             log.info("folding BatchNorm changed the logits (max difference %.3g); training unfolded",
                      (folded - reference).abs().max().item())
             undo()
-        restore_modes()
         yield len(patched) // 2
     finally:
         undo()
-        restore_modes()
