@@ -3,11 +3,11 @@
 The reference is the loop a user would otherwise write: torchvision
 ``ImageFolder`` + ``DataLoader`` + the timm model, decoding and augmenting
 every image every epoch, in the default memory layout. It gets the same
-split, transforms (the default augmentation preset, :func:`ftcore.augment.preset_transforms`),
+split, transforms (the default augmentation preset, :func:`ftcore.data.augment.preset_transforms`),
 weights, frozen groups, optimiser (AdamW, head at ``lr``, unfrozen backbone
 groups at ``lr * backbone_lr_scale``, cosine schedule), BatchNorm handling
-(:func:`ftcore.layers.set_train_mode`), batch size, seed and thread count.
-The product runs :func:`ftcore.training.run_experiment` (fine-tuned model
+(:func:`ftcore.models.layers.set_train_mode`), batch size, seed and thread count.
+The product runs :func:`ftcore.train.experiment.run_experiment` (fine-tuned model
 only) with its decoded-image cache, frozen-prefix cache and ``channels_last``.
 
 Every run is a fresh process, so that peak memory (``ru_maxrss``) is its
@@ -42,17 +42,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ftcore.config import AUGMENT_PRESETS  # noqa: E402 - after the path insert
+from ftcore.core.config import AUGMENT_PRESETS  # noqa: E402 - after the path insert
 
 SETTINGS = {"head only": "head", "last 2 groups": "last:2", "all": "all"}
 
 
 def _split(a: argparse.Namespace) -> dict:
     """The product's own split (audit, duplicates dropped, seeded stratified split), for both contenders."""
-    from ftcore.backbones import build_model
-    from ftcore.config import DataConfig
-    from ftcore.augment import preset_transforms
-    from ftcore.data import prepare_split
+    from ftcore.models.backbones import build_model
+    from ftcore.core.config import DataConfig
+    from ftcore.data.augment import preset_transforms
+    from ftcore.data.split import prepare_split
 
     model, _ = build_model(a.model, 2, "auto", a.img_size)
     _, _, short = preset_transforms(model, a.img_size)
@@ -81,10 +81,10 @@ def run_reference(a: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
 
-    from ftcore.augment import preset_transforms
-    from ftcore.backbones import build_model
-    from ftcore.layers import apply_freeze, classifier_modules, layer_groups, set_train_mode, trainable_group_names
-    from ftcore.training import _seed_everything
+    from ftcore.data.augment import preset_transforms
+    from ftcore.models.backbones import build_model
+    from ftcore.models.layers import apply_freeze, classifier_modules, layer_groups, set_train_mode, trainable_group_names
+    from ftcore.train.experiment import _seed_everything
 
     _seed_everything(a.seed)
     t_setup = time.perf_counter()
@@ -136,12 +136,12 @@ def run_reference(a: argparse.Namespace) -> dict:
 
 
 def run_product(a: argparse.Namespace) -> dict:
-    """The product: ftcore.training.run_experiment with its caches, fine-tuned model only."""
+    """The product: ftcore.train.experiment.run_experiment with its caches, fine-tuned model only."""
     import torch
 
-    from ftcore.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
-    from ftcore.runs import RunStore
-    from ftcore.training import EpochEvent, run_experiment
+    from ftcore.core.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
+    from ftcore.runs.store import RunStore
+    from ftcore.train.experiment import EpochEvent, run_experiment
 
     t0 = time.perf_counter()
     cfg = RunConfig(
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split-file", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.augment is None:
-        from ftcore.config import TrainConfig
+        from ftcore.core.config import TrainConfig
 
         a.augment = TrainConfig().augment  # the product's default
     if a.one:

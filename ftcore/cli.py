@@ -1,7 +1,7 @@
 """Headless runs: ``python -m ftcore train ...`` writes into the same run store as the UI.
 
 ``python -m ftcore audit PATH [--json]`` reads every image of a folder or zip
-once and says what training can use (:func:`ftcore.audit.audit_dataset`).
+once and says what training can use (:func:`ftcore.data.audit.audit_dataset`).
 
 Exit status: 0 finished (audit: training can proceed), 1 the run failed
 (unusable data, weights, training; audit: something is refused), 2 bad
@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import AUGMENT_PRESETS, CLASS_BALANCE, DEVICES, EARLY_STOPPING_METRICS, RunConfig
-from .errors import ConfigError, DatasetError, FtcoreError
+from ftcore import AUGMENT_PRESETS, CLASS_BALANCE, DEVICES, EARLY_STOPPING_METRICS, RunConfig
+from ftcore import ConfigError, DatasetError, FtcoreError
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -154,7 +154,7 @@ def _progress_printer(stream):
     state = {"last": 0.0}
 
     def on_event(ev) -> None:
-        from .training import EpochEvent, StepEvent
+        from ftcore import EpochEvent, StepEvent
 
         now = time.monotonic()
         if isinstance(ev, StepEvent):
@@ -173,16 +173,16 @@ def _progress_printer(stream):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .runs import RunStore
-    from .training import run_experiment
+    from ftcore import RunStore
+    from ftcore import run_experiment
 
     try:
         cfg = config_from_args(args)
-        from .device import device_summary
+        from ftcore import device_summary
 
         device = device_summary(cfg.train.device)
-        from .backbones import resolve_weights
-        from .data import scan_layout
+        from ftcore import resolve_weights
+        from ftcore import scan_layout
 
         resolve_weights(cfg.backbone.name, cfg.backbone.weights)
         scan_layout(cfg.data)
@@ -248,7 +248,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     """``python -m ftcore audit``: exit 0 when training can proceed, 1 when not, 2 for bad arguments."""
-    from .audit import audit_dataset
+    from ftcore import audit_dataset
 
     if not 0.0 < args.val_fraction < 1.0:
         print(f"python -m ftcore audit: error: --val-fraction {args.val_fraction} is not in (0, 1)", file=sys.stderr)
@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return _audit(args)
     if args.command == "worker":
-        from .jobs import run_worker
-        from .runs import RunStore
+        from ftcore import run_worker
+        from ftcore import RunStore
 
         logging.getLogger("ftcore").setLevel(logging.INFO)
         return run_worker(RunStore(args.store), args.run_id, stop)

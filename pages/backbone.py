@@ -6,8 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ftcore.backbones import check_weights_file, describe_backbone, list_backbones
-from ftcore.errors import FtcoreError
+from ftcore import FtcoreError, check_weights_file, describe_backbone, list_backbones
 from pages.common import fmt_params, get_store, halt, init_state, widget_key
 
 init_state()

@@ -15,7 +15,7 @@ GREY = "#B0B7C3"
 
 
 def rate_bars(rates) -> go.Figure:
-    """Peak learning rate per layer group (ftcore.schedule.GroupRate), input to output; frozen groups at 0."""
+    """Peak learning rate per layer group (ftcore.train.schedule.GroupRate), input to output; frozen groups at 0."""
     df = pd.DataFrame({"layer group": [r.name for r in rates], "peak learning rate": [r.lr for r in rates],
                        "state": ["trained" if r.trainable else "frozen" for r in rates]})
     fig = px.bar(df, x="peak learning rate", y="layer group", color="state", orientation="h",
@@ -28,7 +28,7 @@ def rate_bars(rates) -> go.Figure:
 
 
 def schedule_lines(schedule: pd.DataFrame) -> go.Figure:
-    """Learning rate of each trainable group over training (ftcore.schedule.lr_schedule), x in epochs."""
+    """Learning rate of each trainable group over training (ftcore.train.schedule.lr_schedule), x in epochs."""
     fig = px.line(schedule, x="epoch", y="lr", color="layer group",
                   color_discrete_sequence=px.colors.sequential.Viridis_r)
     fig.update_layout(height=300, margin=dict(l=0, r=0, t=30, b=0), title="Learning rate over training",

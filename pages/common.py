@@ -12,10 +12,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from ftcore.config import DEFAULT_BACKBONE, RunConfig, TrainConfig
-from ftcore.errors import FtcoreError
-from ftcore.jobs import latest_active_run, refresh
-from ftcore.runs import RunStore
+from ftcore import DEFAULT_BACKBONE, FtcoreError, RunConfig, RunStore, TrainConfig, latest_active_run, refresh
 
 _APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -126,8 +123,8 @@ def load_config(cfg: RunConfig) -> None:
 
 @st.cache_data(show_spinner="Reading the layer groups...")
 def cached_layer_groups(model_name: str, n_classes: int):
-    """ftcore.layers.describe_layer_groups, cached per backbone and class count."""
-    from ftcore.layers import describe_layer_groups
+    """ftcore.models.layers.describe_layer_groups, cached per backbone and class count."""
+    from ftcore import describe_layer_groups
 
     return describe_layer_groups(model_name, num_classes=n_classes)
 

@@ -9,8 +9,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from ftcore.errors import FtcoreError
-from ftcore.metrics import compare_run
+from ftcore import FtcoreError, compare_run
 from pages.common import age, current_run_id, get_store, halt, init_state
 
 init_state()

@@ -8,11 +8,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from ftcore.audit import audit_dataset
-from ftcore.data import write_demo_dataset
-from ftcore.errors import FtcoreError
-from ftcore.scan import data_roots
-from ftcore.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, extract_zip, save_uploaded_files
+from ftcore import (
+    MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, FtcoreError, audit_dataset, data_roots, extract_zip,
+    save_uploaded_files, write_demo_dataset,
+)
 from pages.common import get_store, halt, init_state, widget_key
 
 init_state()

@@ -6,9 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from ftcore.compute import describe_compute, step_cost
-from ftcore.errors import FtcoreError
-from ftcore.layers import HEAD, trainable_group_names
+from ftcore import HEAD, FtcoreError, describe_compute, step_cost, trainable_group_names
 from pages.charts import compute_bars
 from pages.common import cached_layer_groups, fmt_params, halt, init_state
 

@@ -9,14 +9,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from ftcore.backbones import resolve_weights
-from ftcore.config import (AUGMENT_PRESETS, CLASS_BALANCE, DEVICES, EARLY_STOPPING_METRICS, BackboneConfig,
-                           DataConfig, FreezeConfig, RunConfig, TrainConfig)
-from ftcore.device import device_summary
-from ftcore.errors import FtcoreError
-from ftcore.jobs import cancel_run, latest_active_run, start_run
-from ftcore.layers import trainable_group_names
-from ftcore.schedule import group_peak_lrs, lr_schedule
+from ftcore import (
+    AUGMENT_PRESETS, CLASS_BALANCE, DEVICES, EARLY_STOPPING_METRICS, BackboneConfig, DataConfig, FreezeConfig,
+    FtcoreError, RunConfig, TrainConfig, cancel_run, device_summary, group_peak_lrs, latest_active_run,
+    lr_schedule, resolve_weights, start_run, trainable_group_names,
+)
 from pages.charts import layer_panels, rate_bars, schedule_lines
 from pages.common import (cached_layer_groups, current_run_id, describe_unfreeze, get_store, init_state, load_config,
                           run_record, time_left, widget_key)
@@ -34,7 +31,7 @@ def _options(options: list[float], current: float) -> list[float]:
 
 
 def learning_rates(train_cfg: TrainConfig) -> None:
-    """The rate each layer group gets and the schedule over training, before training (ftcore.schedule)."""
+    """The rate each layer group gets and the schedule over training, before training (ftcore.train.schedule)."""
     try:
         groups = cached_layer_groups(st.session_state["backbone"], int(st.session_state.get("n_classes") or 2))
         trainable = trainable_group_names(groups, st.session_state["unfreeze"])

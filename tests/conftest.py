@@ -72,8 +72,8 @@ def ftcore_home(tmp_path_factory, monkeypatch) -> Path:
 
 @pytest.fixture
 def store(tmp_path):
-    """An empty :class:`ftcore.runs.RunStore` in ``tmp_path/store``."""
-    from ftcore.runs import RunStore
+    """An empty :class:`ftcore.runs.store.RunStore` in ``tmp_path/store``."""
+    from ftcore.runs.store import RunStore
 
     return RunStore(tmp_path / "store")
 
@@ -82,7 +82,7 @@ def tiny_run_config(data_dir: Path, *, unfreeze: str = "all", epochs: int = 1, b
                     baseline: bool = True, model: str = "test_resnet", img_size: int = 32, lr: float = 1e-2,
                     val_fraction: float = 0.25, val_dir: str | None = None):
     """A RunConfig for a tiny CPU run with random initialisation."""
-    from ftcore.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
+    from ftcore.core.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
 
     return RunConfig(
         backbone=BackboneConfig(model, "none"),

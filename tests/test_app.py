@@ -313,8 +313,8 @@ def test_train_settings_can_be_changed_twice(app):
 
 # --- 4. Train and 5. Compare ------------------------------------------------------------
 def _wait_finished(home: Path, timeout: float = RUN_TIMEOUT):
-    from ftcore.jobs import refresh
-    from ftcore.runs import RunStore
+    from ftcore.jobs.local import refresh
+    from ftcore.runs.store import RunStore
 
     store = RunStore(home)
     deadline = time.monotonic() + timeout
@@ -330,8 +330,8 @@ def _wait_finished(home: Path, timeout: float = RUN_TIMEOUT):
 
 
 def test_train_starts_a_worker_and_compare_shows_the_result(home, tmp_path):
-    from ftcore.jobs import cancel_run
-    from ftcore.runs import RunStore
+    from ftcore.jobs.local import cancel_run
+    from ftcore.runs.store import RunStore
 
     data = image_folder(tmp_path / "shapes", {"red": 8, "green": 8})
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from test_app import APP, TIMEOUT, _exceptions, app, by_label, goto, home, texts  # noqa: F401 - fixtures
 
-from ftcore.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
+from ftcore.core.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
 
 
 def _body(at):
@@ -51,7 +51,7 @@ def test_train_page_draws_learning_rates_and_refuses_a_bad_setting(app):
 
 
 def test_load_the_configuration_of_a_past_run(app, home):
-    from ftcore.runs import RunStore
+    from ftcore.runs.store import RunStore
 
     cfg = RunConfig(BackboneConfig("test_resnet", "none"), FreezeConfig("last:2"), DataConfig(str(home / "d")),
                     TrainConfig(epochs=7, lr=0.01, layer_decay=0.6, warmup_epochs=1, augment="standard", seed=5,
@@ -72,8 +72,8 @@ def test_load_the_configuration_of_a_past_run(app, home):
 
 
 def test_finished_run_shows_what_each_layer_group_did(home):
-    from ftcore.monitor import LayerStats
-    from ftcore.runs import RunStore
+    from ftcore.train.monitor import LayerStats
+    from ftcore.runs.store import RunStore
 
     store = RunStore(home)
     cfg = RunConfig(BackboneConfig("test_resnet", "none"), FreezeConfig("all"), DataConfig(str(home)),

@@ -1,6 +1,6 @@
 """The data audit: every kind of folder people hand over, written into tmp_path, audited and (a subset) trained.
 
-Each test writes a small case, runs :func:`ftcore.audit.audit_dataset` and
+Each test writes a small case, runs :func:`ftcore.data.audit.audit_dataset` and
 checks the outcome and the message; the ``*_trains`` tests also run the
 tiny two-model experiment (timm's ``test_resnet``, random init, 32 pixels) on it.
 """
@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 from conftest import COLOURS, tiny_run_config, write_image
-from ftcore.audit import audit_dataset
-from ftcore.data import split_from_audit
-from ftcore.errors import DatasetError
-from ftcore.images import BACKGROUND, decode_bytes, read_and_decode
+from ftcore.data.audit import audit_dataset
+from ftcore.data.split import split_from_audit
+from ftcore.core.errors import DatasetError
+from ftcore.data.images import BACKGROUND, decode_bytes, read_and_decode
 
 
 def noisy(colour, size=16, seed=0) -> np.ndarray:
@@ -61,7 +61,7 @@ def snapshot(root: Path) -> dict:
 
 
 def train(root, store, **kw):
-    from ftcore.training import run_experiment
+    from ftcore.train.experiment import run_experiment
 
     cfg = tiny_run_config(root, **kw)
     run_id = store.create_run(cfg)
@@ -166,7 +166,7 @@ def test_every_pixel_format_is_audited_converted_and_trains(tmp_path, store):
 
 
 def test_heic_without_the_plugin_is_named_unsupported():
-    from ftcore.images import _unidentified
+    from ftcore.data.images import _unidentified
 
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
     e = _unidentified(heic, "IMG_0001.HEIC")
@@ -534,13 +534,13 @@ def test_the_users_folder_is_never_written_to(tmp_path, store):
 
 
 def test_progress_is_reported_per_file_and_each_file_is_read_once(tmp_path, monkeypatch):
-    import ftcore.images as images
+    import ftcore.data.images as images
 
     root = folder(tmp_path, {"red": 5, "green": 5})
     reads: list[str] = []
     real = images.read_and_decode
     monkeypatch.setattr(images, "read_and_decode", lambda p, s=None: (reads.append(p), real(p, s))[1])
-    import ftcore.audit as audit_mod
+    import ftcore.data.audit as audit_mod
     monkeypatch.setattr(audit_mod, "read_and_decode", images.read_and_decode)
     seen = []
     audit_dataset(root, progress=lambda d, t: seen.append((d, t)))

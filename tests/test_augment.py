@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from conftest import tiny_run_config
-from ftcore import training
-from ftcore.augment import preset_transforms
-from ftcore.errors import ConfigError
+from ftcore.train import experiment as training
+from ftcore.data.augment import preset_transforms
+from ftcore.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_validation_transform_is_deterministic_for_every_preset(model, preset):
     img = _image()
     a, b = _apply_with_seed(val_tf, img, 1), _apply_with_seed(val_tf, img, 2)
     assert a.shape == (3, 32, 32) and torch.equal(a, b)
-    from ftcore.data import build_transforms
+    from ftcore.data.split import build_transforms
 
     assert short == build_transforms(model, 32)[2]
 

@@ -1,4 +1,4 @@
-"""ftcore.backbones: listing, weights resolution, building and loading local weights files."""
+"""ftcore.models.backbones: listing, weights resolution, building and loading local weights files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from ftcore import backbones
-from ftcore.backbones import (
+from ftcore.models import backbones
+from ftcore.models.backbones import (
     PACKAGED_WEIGHTS,
     WeightsSource,
     build_model,
@@ -20,7 +20,7 @@ from ftcore.backbones import (
     load_weights_file,
     resolve_weights,
 )
-from ftcore.errors import BackboneError, WeightsError
+from ftcore.core.errors import BackboneError, WeightsError
 
 
 # -- listing ---------------------------------------------------------------------
@@ -280,7 +280,7 @@ def test_packaged_weights_shape_check(tmp_path, monkeypatch):
 
 
 def test_check_weights_file(tmp_path):
-    from ftcore.backbones import check_weights_file
+    from ftcore.models.backbones import check_weights_file
 
     p = tmp_path / "ok.safetensors"
     save_file({k: v.contiguous() for k, v in _resnet(5).state_dict().items()}, str(p))
@@ -296,8 +296,8 @@ def test_check_weights_file(tmp_path):
 
 
 def test_weights_file_with_nan_is_refused_naming_the_tensor(tmp_path):
-    from ftcore.backbones import load_weights_file
-    from ftcore.errors import WeightsError
+    from ftcore.models.backbones import load_weights_file
+    from ftcore.core.errors import WeightsError
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
     sd = model.state_dict()
@@ -308,8 +308,8 @@ def test_weights_file_with_nan_is_refused_naming_the_tensor(tmp_path):
 
 
 def test_unreadable_weights_file_gives_one_line(tmp_path):
-    from ftcore.backbones import load_weights_file
-    from ftcore.errors import WeightsError
+    from ftcore.models.backbones import load_weights_file
+    from ftcore.core.errors import WeightsError
 
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(WeightsError) as e:
@@ -318,8 +318,8 @@ def test_unreadable_weights_file_gives_one_line(tmp_path):
 
 
 def test_download_with_no_hub_fails_at_once_and_never_trains_random(monkeypatch):
-    from ftcore import backbones
-    from ftcore.errors import WeightsError
+    from ftcore.models import backbones
+    from ftcore.core.errors import WeightsError
 
     monkeypatch.setattr(backbones, "resolve_weights", lambda name, weights="auto": backbones.WeightsSource(
         "download", "timm/resnet18.a1_in1k"))

@@ -100,8 +100,8 @@ def server(home, tmp_path):
         yield url
     finally:
         # Training workers run in their own sessions: stop the ones this test started.
-        from ftcore.jobs import cancel_run
-        from ftcore.runs import ACTIVE, RunStore
+        from ftcore.jobs.local import cancel_run
+        from ftcore.runs.store import ACTIVE, RunStore
 
         if (home / "runs.sqlite3").exists():
             store = RunStore(home)
@@ -175,7 +175,7 @@ def test_first_request_for_a_page_url_goes_through_the_router(browser, server, s
 def _walk(page, ctx, server: str, home: Path, shots: Path) -> None:
     from playwright.sync_api import expect
 
-    from ftcore.runs import RunStore
+    from ftcore.runs.store import RunStore
 
     expect.set_options(timeout=STEP_MS)
     page.set_default_timeout(STEP_MS)

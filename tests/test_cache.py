@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 
-import ftcore.audit
-from ftcore.audit import audit_dataset
-from ftcore.cache import CacheEntryWriter, cache_folder, cache_key, load_entry
-from ftcore.config import DataConfig
-from ftcore.data import prepare_split
-from ftcore.images import decode_image
+import ftcore.data.audit
+from ftcore.data.audit import audit_dataset
+from ftcore.data.cache import CacheEntryWriter, cache_folder, cache_key, load_entry
+from ftcore.core.config import DataConfig
+from ftcore.data.split import prepare_split
+from ftcore.data.images import decode_image
 
 from conftest import write_image
 
@@ -21,13 +21,13 @@ from conftest import write_image
 def decodes(monkeypatch):
     """Files read and decoded by the audit, in order."""
     calls: list[str] = []
-    real = ftcore.audit.read_and_decode
+    real = ftcore.data.audit.read_and_decode
 
     def counting(path, side):
         calls.append(str(path))
         return real(path, side)
 
-    monkeypatch.setattr(ftcore.audit, "read_and_decode", counting)
+    monkeypatch.setattr(ftcore.data.audit, "read_and_decode", counting)
     return calls
 
 
@@ -197,7 +197,7 @@ def test_an_unwritable_cache_gives_a_warning_and_the_audit_goes_on(make_image_fo
 @pytest.mark.parametrize("value,expected", [("inf", 2**62), ("1e400", 2**62), ("nan", int(5e9)), ("abc", int(5e9)),
                                             ("0.5", int(0.5e9))])
 def test_cache_limits_from_the_environment(monkeypatch, value, expected):
-    from ftcore.cache import cache_limit_bytes
+    from ftcore.data.cache import cache_limit_bytes
 
     monkeypatch.setenv("FTCORE_CACHE_MAX_GB", value)
     assert cache_limit_bytes() == expected

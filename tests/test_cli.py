@@ -17,7 +17,7 @@ import pytest
 
 from conftest import PYTHON, REPO, _make_image_folder, subprocess_env
 from ftcore import cli
-from ftcore.runs import RunStore
+from ftcore.runs.store import RunStore
 
 TINY = ["--model", "test_resnet", "--weights", "none", "--img-size", "32", "--epochs", "1", "--batch-size", "4"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import _make_image_folder
 from ftcore import cli
-from ftcore.runs import RunStore
+from ftcore.runs.store import RunStore
 
 TINY = ["--model", "test_resnet", "--weights", "none", "--img-size", "32", "--epochs", "2", "--batch-size", "4"]
 
@@ -44,7 +44,7 @@ def test_rerun_from_saved_config_gives_the_same_metrics(tmp_path, capsys, no_sig
 
 
 def test_options_given_override_the_file_and_only_those(tmp_path):
-    from ftcore.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
+    from ftcore.core.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
 
     saved = RunConfig(BackboneConfig("test_resnet", "none"), FreezeConfig("last:2"), DataConfig("/d", "/v", 0.3),
                       TrainConfig(epochs=4, lr=0.01, layer_decay=0.8, update_bn=True, baseline=False, seed=3))

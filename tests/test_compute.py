@@ -1,4 +1,4 @@
-"""ftcore.compute: measured forward FLOPs per layer group and the step cost of a freezing choice."""
+"""ftcore.models.compute: measured forward FLOPs per layer group and the step cost of a freezing choice."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ftcore.compute import compute_profile, describe_compute, step_cost
-from ftcore.layers import describe_layer_groups, layer_groups, trainable_group_names
+from ftcore.models.compute import compute_profile, describe_compute, step_cost
+from ftcore.models.layers import describe_layer_groups, layer_groups, trainable_group_names
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""ftcore.config: parsing of unfreeze presets and validation of the run configuration."""
+"""ftcore.core.config: parsing of unfreeze presets and validation of the run configuration."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ftcore.config import (
+from ftcore.core.config import (
     BackboneConfig,
     DataConfig,
     FreezeConfig,
@@ -15,7 +15,7 @@ from ftcore.config import (
     TrainConfig,
     parse_unfreeze,
 )
-from ftcore.errors import ConfigError, FtcoreError
+from ftcore.core.errors import ConfigError, FtcoreError
 
 
 @pytest.mark.parametrize(
@@ -223,8 +223,8 @@ def test_gradual_unfreezing_needs_groups_to_unfreeze():
                                            ({"feature_cache": 0}, "'feature_cache' is 0"),
                                            ({"lr": "0.01"}, "learning rate '0.01'")])
 def test_config_file_values_of_the_wrong_type_are_refused(train, pattern):
-    from ftcore.config import RunConfig
-    from ftcore.errors import ConfigError
+    from ftcore.core.config import RunConfig
+    from ftcore.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=pattern):
         RunConfig.from_dict({"data": {"train_dir": "x"}, "train": train})
@@ -235,8 +235,8 @@ def test_config_file_values_of_the_wrong_type_are_refused(train, pattern):
                                        ({"data": {"train_dir": 5}}, "'train_dir' is 5; it must be a folder path"),
                                        ({"data": {"train_dir": "x", "val_dir": ["v"]}}, "'val_dir' is \\['v'\\]")])
 def test_config_sections_and_paths_of_the_wrong_type_are_refused(d, pattern):
-    from ftcore.config import RunConfig
-    from ftcore.errors import ConfigError
+    from ftcore.core.config import RunConfig
+    from ftcore.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=pattern):
         RunConfig.from_dict(d)

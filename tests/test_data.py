@@ -1,4 +1,4 @@
-"""ftcore.data: folder scanning, auditing, decoding, stratified split, transforms, demo data."""
+"""ftcore.data.split: folder scanning, auditing, decoding, stratified split, transforms, demo data."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from conftest import COLOURS, write_image
-from ftcore.config import DataConfig
-from ftcore.data import (
+from ftcore.core.config import DataConfig
+from ftcore.data.split import (
     ArrayImageDataset,
     balanced_sampler,
     build_transforms,
@@ -24,8 +24,8 @@ from ftcore.data import (
     split_from_audit,
     write_demo_dataset,
 )
-from ftcore.audit import audit_dataset
-from ftcore.errors import DatasetError
+from ftcore.data.audit import audit_dataset
+from ftcore.core.errors import DatasetError
 
 
 def _split(root, val_dir=None, val_fraction=0.2, seed=0, short_side=None):
@@ -330,9 +330,9 @@ def test_split_from_audit_is_the_runs_split_and_decodes_nothing_again(make_image
     report = audit_dataset(root, val_fraction=0.25, short_side=8, keep_images=True)
     # a: 10 usable, 0.25 * 10 = 2.5 -> 3; b: 6, 1.5 -> 2 (half up).
     assert report.split_counts() == {"train": {"a": 7, "b": 4}, "val": {"a": 3, "b": 2}}
-    import ftcore.images
+    import ftcore.data.images
 
-    monkeypatch.setattr(ftcore.images, "decode_bytes", lambda *a, **k: pytest.fail("decoded twice"))
+    monkeypatch.setattr(ftcore.data.images, "decode_bytes", lambda *a, **k: pytest.fail("decoded twice"))
     split = split_from_audit(report, seed=3)
     assert split.counts() == report.split_counts()
     assert all(im.shape == (8, 8, 3) for im in split.train_images)

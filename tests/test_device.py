@@ -1,12 +1,12 @@
-"""ftcore.device: the device decision (CUDA, MPS, CPU) and bfloat16 autocast, on any machine."""
+"""ftcore.accel._device: the device decision (CUDA, MPS, CPU) and bfloat16 autocast, on any machine."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ftcore import device as dev
-from ftcore.errors import ConfigError
+from ftcore.accel import _device as dev
+from ftcore.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"),

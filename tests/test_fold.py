@@ -9,8 +9,8 @@ import timm
 import torch
 from torch import nn
 
-from ftcore.fold import bn_folded, foldable_pairs
-from ftcore.layers import apply_freeze, layer_groups, set_train_mode, trainable_group_names
+from ftcore.accel._fold import bn_folded, foldable_pairs
+from ftcore.models.layers import apply_freeze, layer_groups, set_train_mode, trainable_group_names
 
 FAMILIES = ["test_resnet", "test_efficientnet", "test_byobnet", "mobilenetv3_small_050"]
 

@@ -1,4 +1,4 @@
-"""ftcore.jobs: runs in their own worker process, cancel, reattach, dead-worker detection.
+"""ftcore.jobs.local: runs in their own worker process, cancel, reattach, dead-worker detection.
 
 The worker processes are real (``python -m ftcore worker``). To keep the suite
 fast, the module fixture starts them all at once and the tests then follow
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import _make_image_folder, tiny_run_config
-from ftcore import jobs
-from ftcore.jobs import cancel_run, latest_active_run, pid_alive, refresh, run_worker, start_run
-from ftcore.runs import RunStore
+from ftcore.jobs import local as jobs
+from ftcore.jobs.local import cancel_run, latest_active_run, pid_alive, refresh, run_worker, start_run
+from ftcore.runs.store import RunStore
 
 POLL = 0.3
 

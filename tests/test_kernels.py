@@ -11,9 +11,9 @@ from timm.layers import BatchNormAct2d
 from timm.layers.conv2d_same import Conv2dSame
 from torch import nn
 
-import ftcore.kernels as kernels
-from ftcore.fold import bn_folded
-from ftcore.kernels import (conv2d_hardtanh, depthwise_conv2d, fused_activation_available, is_depthwise,
+import ftcore.accel._kernels as kernels
+from ftcore.accel._fold import bn_folded
+from ftcore.accel._kernels import (conv2d_hardtanh, depthwise_conv2d, fused_activation_available, is_depthwise,
                             keep_freed_memory)
 
 
@@ -99,7 +99,7 @@ def _same_padding_net():
 
 
 def test_folded_same_padding_depthwise_convolutions_learn_the_same_weights(monkeypatch):
-    import ftcore.fold as fold
+    import ftcore.accel._fold as fold
 
     fused = []
     monkeypatch.setattr(fold, "conv2d_hardtanh", lambda *a: fused.append(a[0].shape) or conv2d_hardtanh(*a))
@@ -184,7 +184,7 @@ def _relu6_block_net(inplace_residual: bool):
 
 @pytest.mark.parametrize("inplace_residual", [False, True])
 def test_a_model_that_changes_the_fused_output_in_place_is_folded_without_fusing(inplace_residual, monkeypatch):
-    import ftcore.fold as fold
+    import ftcore.accel._fold as fold
 
     fused = []
     monkeypatch.setattr(fold, "conv2d_hardtanh", lambda *a: fused.append(1) or conv2d_hardtanh(*a))

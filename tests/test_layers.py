@@ -1,4 +1,4 @@
-"""ftcore.layers: layer groups from timm, unfreeze choices, freezing and train mode."""
+"""ftcore.models.layers: layer groups from timm, unfreeze choices, freezing and train mode."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import timm
 import torch
 from torch import nn
 
-from ftcore.config import FreezeConfig
-from ftcore.errors import ConfigError
-from ftcore.layers import (
+from ftcore.core.config import FreezeConfig
+from ftcore.core.errors import ConfigError
+from ftcore.models.layers import (
     HEAD,
     apply_freeze,
     frozen_batchnorm_modules,
@@ -255,8 +255,8 @@ def test_frozen_batchnorm_without_affine_follows_parent():
 
 def test_describe_layer_groups_matches_a_built_model():
     """The UI's weight-free description equals the groups of a real model."""
-    from ftcore.errors import BackboneError
-    from ftcore.layers import describe_layer_groups
+    from ftcore.core.errors import BackboneError
+    from ftcore.models.layers import describe_layer_groups
 
     real = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
     described = describe_layer_groups("test_efficientnet", num_classes=3)
@@ -267,7 +267,7 @@ def test_describe_layer_groups_matches_a_built_model():
 
 def test_distilled_models_have_both_heads_in_the_head_group():
     """get_classifier() returns (head, head_dist) for distilled families; both are the head."""
-    from ftcore.layers import describe_layer_groups
+    from ftcore.models.layers import describe_layer_groups
 
     groups = describe_layer_groups("levit_128s", num_classes=3)
     head = groups[-1]
@@ -324,7 +324,7 @@ def test_unknown_sub_block_names_it_and_hints_at_parts():
 
 
 def test_sub_block_choice_round_trips_through_json(tmp_path):
-    from ftcore.config import BackboneConfig, DataConfig, RunConfig
+    from ftcore.core.config import BackboneConfig, DataConfig, RunConfig
 
     cfg = RunConfig(BackboneConfig("test_convnext", "none"), FreezeConfig("groups:stages.2.blocks.3,stages.3"),
                     DataConfig("/d"))

@@ -1,4 +1,4 @@
-"""ftcore.loop.fit: learning rates per group, warm-up, gradual unfreezing, traps, early stopping, monitor."""
+"""ftcore.train.loop.fit: learning rates per group, warm-up, gradual unfreezing, traps, early stopping, monitor."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ftcore import loop as training  # fit looks up evaluate here
-from ftcore.config import TrainConfig
-from ftcore.errors import ConfigError, TrainingError
-from ftcore.layers import apply_freeze, layer_groups, trainable_group_names, trainable_param_names
-from ftcore.schedule import lr_schedule
-from ftcore.loop import fit
+from ftcore.train import loop as training  # fit looks up evaluate here
+from ftcore.core.config import TrainConfig
+from ftcore.core.errors import ConfigError, TrainingError
+from ftcore.models.layers import apply_freeze, layer_groups, trainable_group_names, trainable_param_names
+from ftcore.train.schedule import lr_schedule
+from ftcore.train.loop import fit
 
 CPU = torch.device("cpu")
 
@@ -150,7 +150,7 @@ def test_layer_statistics_per_group_and_epoch():
 
 
 def test_relative_change_formula():
-    from ftcore.monitor import LayerMonitor
+    from ftcore.train.monitor import LayerMonitor
 
     model, groups, _ = _frozen_model(unfreeze="head")
     w0 = model.fc.weight.detach().clone()

@@ -1,4 +1,4 @@
-"""ftcore.metrics: summaries and the baseline-vs-fine-tuned comparison, against hand-computed values."""
+"""ftcore.core.metrics: summaries and the baseline-vs-fine-tuned comparison, against hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from ftcore.metrics import compare_overall, compare_per_class, macro_recall, summarize
+from ftcore.core.metrics import compare_overall, compare_per_class, macro_recall, summarize
 
 # 3 classes, 2 images each; 4 of 6 right.
 Y_TRUE = [0, 0, 1, 1, 2, 2]
@@ -109,8 +109,8 @@ def test_compare_per_class():
 
 
 def _store_with_predictions(tmp_path, baseline=True):
-    from ftcore.config import DataConfig, RunConfig
-    from ftcore.runs import RunStore
+    from ftcore.core.config import DataConfig, RunConfig
+    from ftcore.runs.store import RunStore
 
     store = RunStore(tmp_path / "store")
     run_id = store.create_run(RunConfig(data=DataConfig("/d")))
@@ -124,7 +124,7 @@ def _store_with_predictions(tmp_path, baseline=True):
 
 
 def test_compare_run(tmp_path):
-    from ftcore.metrics import compare_run
+    from ftcore.runs.compare import compare_run
 
     store, run_id = _store_with_predictions(tmp_path)
     cmp = compare_run(store, run_id)
@@ -142,13 +142,13 @@ def test_compare_run(tmp_path):
 
 
 def test_compare_run_without_baseline_and_without_predictions(tmp_path):
-    from ftcore.errors import RunStoreError
-    from ftcore.metrics import compare_run
+    from ftcore.core.errors import RunStoreError
+    from ftcore.runs.compare import compare_run
 
     store, run_id = _store_with_predictions(tmp_path, baseline=False)
     cmp = compare_run(store, run_id)
     assert cmp.baseline is None and cmp.flipped.empty and cmp.overall["baseline"].isna().all()
-    from ftcore.config import DataConfig, RunConfig
+    from ftcore.core.config import DataConfig, RunConfig
 
     empty = store.create_run(RunConfig(data=DataConfig("/d")))
     with pytest.raises(RunStoreError, match=rf"run {empty} has no fine-tuned validation predictions yet "

@@ -1,4 +1,4 @@
-"""ftcore.runs: the SQLite run store and its artifact folders."""
+"""ftcore.runs.store: the SQLite run store and its artifact folders."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from ftcore.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
-from ftcore.errors import RunStoreError
-from ftcore.runs import EPOCH_COLUMNS, RunStore, default_store_root
+from ftcore.core.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
+from ftcore.core.errors import RunStoreError
+from ftcore.runs.store import EPOCH_COLUMNS, RunStore, default_store_root
 
 
 def _cfg(epochs: int = 2) -> RunConfig:
@@ -180,7 +180,7 @@ def test_two_store_objects_share_the_database(store):
 
 
 def test_layer_stats_round_trip(store):
-    from ftcore.monitor import LayerStats
+    from ftcore.train.monitor import LayerStats
 
     rid = store.create_run(_cfg())
     assert store.layer_stats(rid).empty
@@ -203,7 +203,7 @@ def test_store_made_before_layer_stats_gains_the_table(tmp_path):
     root = tmp_path / "old"
     (root / "runs").mkdir(parents=True)
     con = sqlite3.connect(root / "runs.sqlite3")
-    from ftcore.runs import _SCHEMA
+    from ftcore.runs.store import _SCHEMA
 
     con.executescript(_SCHEMA.split("CREATE TABLE IF NOT EXISTS layer_stats")[0])
     con.close()

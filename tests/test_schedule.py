@@ -1,4 +1,4 @@
-"""ftcore.schedule: peak learning rate per layer group, warm-up and cosine, gradual unfreezing."""
+"""ftcore.train.schedule: peak learning rate per layer group, warm-up and cosine, gradual unfreezing."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from ftcore.config import TrainConfig
-from ftcore.layers import describe_layer_groups, trainable_group_names
-from ftcore.schedule import group_peak_lrs, lr_factor, lr_schedule, warmup_steps
+from ftcore.core.config import TrainConfig
+from ftcore.models.layers import describe_layer_groups, trainable_group_names
+from ftcore.train.schedule import group_peak_lrs, lr_factor, lr_schedule, warmup_steps
 
 
 @pytest.fixture(scope="module")

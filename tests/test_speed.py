@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftcore.config import RunConfig
-from ftcore.training import run_experiment, set_threads
+from ftcore.core.config import RunConfig
+from ftcore.train.experiment import run_experiment, set_threads
 
 from conftest import tiny_run_config
 
@@ -63,16 +63,16 @@ def test_cached_and_uncached_runs_agree_when_nothing_is_random(make_image_folder
 
 
 def test_a_second_run_on_the_same_data_reads_no_image_again(make_image_folder, store, monkeypatch):
-    import ftcore.audit
+    import ftcore.data.audit
 
     calls = []
-    real = ftcore.audit.read_and_decode
+    real = ftcore.data.audit.read_and_decode
 
     def counting(path, side):
         calls.append(path)
         return real(path, side)
 
-    monkeypatch.setattr(ftcore.audit, "read_and_decode", counting)
+    monkeypatch.setattr(ftcore.data.audit, "read_and_decode", counting)
     folder = make_image_folder(classes={"red": 6, "green": 6})
     cfg = tiny_run_config(folder, unfreeze="head", baseline=False)
     _run(store, cfg)

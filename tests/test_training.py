@@ -1,4 +1,4 @@
-"""ftcore.training: the loop (freezing guarantee, events, cancel, errors) and the two-model experiment."""
+"""ftcore.train.experiment: the loop (freezing guarantee, events, cancel, errors) and the two-model experiment."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import tiny_run_config
-from ftcore.backbones import build_model
-from ftcore.config import TrainConfig
-from ftcore.data import build_transforms, prepare_split
-from ftcore.errors import DatasetError, TrainingError
-from ftcore.layers import apply_freeze, layer_groups, trainable_group_names, trainable_param_names
-from ftcore.runs import EPOCH_COLUMNS
-from ftcore.training import EpochEvent, StepEvent, _loaders, fit, run_experiment
+from ftcore.models.backbones import build_model
+from ftcore.core.config import TrainConfig
+from ftcore.data.split import build_transforms, prepare_split
+from ftcore.core.errors import DatasetError, TrainingError
+from ftcore.models.layers import apply_freeze, layer_groups, trainable_group_names, trainable_param_names
+from ftcore.runs.store import EPOCH_COLUMNS
+from ftcore.train.experiment import EpochEvent, StepEvent, _loaders, fit, run_experiment
 
 CPU = torch.device("cpu")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -68,7 +68,7 @@ def test_fit_keeps_frozen_groups_bit_identical(name, unfreeze, monkeypatch):
     assert frozen_names and learn
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    # BatchNorm layers whose parameters all sit in frozen groups, found independently of ftcore.layers
+    # BatchNorm layers whose parameters all sit in frozen groups, found independently of ftcore.models.layers
     bn_frozen, bn_trainable = [], []
     for mname, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -212,7 +212,7 @@ def test_fit_non_finite_loss_raises():
 # -- loaders ---------------------------------------------------------------------------------
 
 def _split(make_image_folder, classes, val_fraction=0.25):
-    from ftcore.config import DataConfig
+    from ftcore.core.config import DataConfig
 
     root = make_image_folder(classes=classes)
     return prepare_split(DataConfig(str(root), None, val_fraction), short_side=34)
@@ -238,7 +238,7 @@ def test_loaders_drop_a_last_batch_of_one(make_image_folder):
 def finished_run(tmp_path_factory):
     """One complete tiny experiment: 3 colour classes x 8 images + one unreadable file, 2 epochs each."""
     from conftest import _make_image_folder
-    from ftcore.runs import RunStore
+    from ftcore.runs.store import RunStore
 
     base = tmp_path_factory.mktemp("finished_run")
     data = _make_image_folder(base / "data", {"red": 8, "green": 8, "blue": 8})
@@ -419,8 +419,8 @@ def test_experiment_vit_with_non_default_image_size(make_image_folder, store):
 
 def test_same_seed_same_metrics(make_image_folder, tmp_path):
     """Reproducible on the CPU: the same seed and data give the same metrics (augmentation included)."""
-    from ftcore.runs import RunStore
-    from ftcore.training import run_experiment
+    from ftcore.runs.store import RunStore
+    from ftcore.train.experiment import run_experiment
 
     from conftest import tiny_run_config
 
@@ -436,8 +436,8 @@ def test_same_seed_same_metrics(make_image_folder, tmp_path):
 
 
 def test_step_cost_factor_grows_with_the_unfrozen_depth():
-    from ftcore.layers import describe_layer_groups
-    from ftcore.training import step_cost_factor
+    from ftcore.models.layers import describe_layer_groups
+    from ftcore.train.experiment import step_cost_factor
 
     groups = describe_layer_groups("test_resnet")
     names = [g.name for g in groups]
@@ -450,10 +450,10 @@ def test_step_cost_factor_grows_with_the_unfrozen_depth():
 @pytest.mark.parametrize("balance", ["none", "loss", "sampler"])
 def test_class_balance_reaches_the_loss_or_the_batch_order(make_image_folder, store, monkeypatch, balance):
     """Imbalanced classes: class weights go to the training loss, or batches are drawn class-balanced."""
-    import ftcore.training as tr
+    import ftcore.train.experiment as tr
     from torch.utils.data import WeightedRandomSampler
 
-    from ftcore.config import RunConfig
+    from ftcore.core.config import RunConfig
 
     seen = []
     real_fit = tr.fit

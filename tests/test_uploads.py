@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from ftcore.errors import DatasetError
-from ftcore.uploads import extract_zip, extract_zip_file, save_uploaded_files
+from ftcore.core.errors import DatasetError
+from ftcore.data.uploads import extract_zip, extract_zip_file, save_uploaded_files
 
 
 def _zip(members: dict[str, bytes]) -> bytes:

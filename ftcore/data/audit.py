@@ -1,12 +1,12 @@
 """Audit an image folder or zip before training: read and decode every file once, say what is wrong.
 
-:func:`audit_dataset` finds the layout (:mod:`ftcore.scan`), reads each file
-once (its bytes are hashed and decoded from memory, :mod:`ftcore.images`),
+:func:`audit_dataset` finds the layout (:mod:`ftcore.data.scan`), reads each file
+once (its bytes are hashed and decoded from memory, :mod:`ftcore.data.images`),
 finds duplicates, label conflicts and train/validation leakage, checks that
 the classes can be split, warns about imbalance, and returns an
 :class:`AuditReport`. With ``keep_images=True`` the report carries the
-decoded arrays, and :func:`ftcore.data.split_from_audit` turns it into the
-run's :class:`~ftcore.data.DatasetSplit` without decoding again.
+decoded arrays, and :func:`ftcore.data.split.split_from_audit` turns it into the
+run's :class:`~ftcore.data.split.DatasetSplit` without decoding again.
 
 Duplicates: byte-identical files share a BLAKE2b digest; near-identical ones
 (resized or re-compressed copies) have imagehash's 256-bit perceptual hashes
@@ -36,9 +36,9 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DatasetError
-from .images import ImageDecodeError, IMAGE_SUFFIXES, read_and_decode
-from .scan import Problem, check_data_root, data_roots, find_layout
+from ftcore.core.errors import DatasetError
+from ftcore.data.images import ImageDecodeError, IMAGE_SUFFIXES, read_and_decode
+from ftcore.data.scan import Problem, check_data_root, data_roots, find_layout
 
 __all__ = ["AuditItem", "AuditReport", "audit_dataset", "val_share", "IMBALANCE_FACTOR", "AUDIT_SIDE"]
 
@@ -221,8 +221,8 @@ def audit_dataset(
     Parameters
     ----------
     path : str or pathlib.Path
-        A folder (see :mod:`ftcore.scan` for the layouts) or a ``.zip`` of
-        one; a zip is extracted (safely, :func:`ftcore.uploads.extract_zip_file`)
+        A folder (see :mod:`ftcore.data.scan` for the layouts) or a ``.zip`` of
+        one; a zip is extracted (safely, :func:`ftcore.data.uploads.extract_zip_file`)
         into ``<store>/datasets/``, never beside it.
     val_dir : str or pathlib.Path or None
         A separate validation folder.
@@ -232,7 +232,7 @@ def audit_dataset(
         Shorter side in pixels to decode to (never upscaled); None decodes to
         :data:`AUDIT_SIDE` when images are not kept, full size when they are.
     keep_images : bool, default False
-        Keep the decoded arrays (for :func:`ftcore.data.split_from_audit`).
+        Keep the decoded arrays (for :func:`ftcore.data.split.split_from_audit`).
     store_root : str or pathlib.Path or None
         Run store root for zip extraction; default ``$FTCORE_HOME``. Always
         allowed under ``FTCORE_DATA_ROOTS``.
@@ -246,7 +246,7 @@ def audit_dataset(
         Decoding threads (Pillow releases the GIL); default ``min(8, cpus)``.
     cache : bool, default True
         Read and write the decoded-image cache in the store
-        (:mod:`ftcore.cache`): a second audit or run of the same files at the
+        (:mod:`ftcore.data.cache`): a second audit or run of the same files at the
         same size decodes nothing.
 
     Returns
@@ -261,7 +261,7 @@ def audit_dataset(
         If a folder does not exist or cannot be read, the path is outside the
         data roots, a zip cannot be extracted, or `val_fraction` is not in (0, 1).
     """
-    from .runs import default_store_root
+    from ftcore.core.paths import default_store_root
 
     if not 0.0 < float(val_fraction) < 1.0:
         raise DatasetError(f"validation fraction {val_fraction!r} is outside (0, 1); use e.g. 0.2.")
@@ -272,7 +272,7 @@ def audit_dataset(
     if val_dir:
         check_data_root(val_dir, (store,))
     if src.is_file() and zipfile.is_zipfile(src):
-        from .uploads import extract_zip_file
+        from ftcore.data.uploads import extract_zip_file
 
         src = extract_zip_file(src, store)
     roots = data_roots()
@@ -283,7 +283,7 @@ def audit_dataset(
     for lst in layout.splits.values():
         problems += lst.problems
     side = short_side if short_side is not None else (None if keep_images else AUDIT_SIDE)
-    from .cache import cache_folder
+    from ftcore.data.cache import cache_folder
 
     arrays = _decode_all(items, side, keep_images, problems, progress, workers,
                          cache_folder(store) if cache else None)
@@ -345,7 +345,7 @@ def _record(it: AuditItem, status: str, fmt: str | None, notes, error, problems:
 
 def _decode_all(items, side, keep, problems, progress, workers, cache_dir=None) -> dict[str, np.ndarray]:
     """Decode every item once (or read it from the decoded-image cache); return arrays for thumbnails on a hit."""
-    from .cache import CacheEntryWriter, cache_key, load_entry
+    from ftcore.data.cache import CacheEntryWriter, cache_key, load_entry
 
     n = len(items)
     key = cache_key([it.path for it in items], side) if cache_dir is not None else ""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import LayerGroup
+from ftcore.models.layers import LayerGroup
 
 __all__ = ["LayerStats", "LayerMonitor", "snapshot", "restore"]
 

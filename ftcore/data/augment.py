@@ -1,7 +1,7 @@
 """Training augmentation presets built on timm's ``create_transform``.
 
 Validation always uses the deterministic transform of
-:func:`ftcore.data.build_transforms` (resize, centre crop, normalise); only
+:func:`ftcore.data.split.build_transforms` (resize, centre crop, normalise); only
 the training transform changes with the preset.
 """
 
@@ -11,9 +11,9 @@ from typing import Callable
 
 import torch
 
-from .config import AUGMENT_PRESETS
-from .data import build_transforms
-from .errors import ConfigError
+from ftcore.core.config import AUGMENT_PRESETS
+from ftcore.data.split import build_transforms
+from ftcore.core.errors import ConfigError
 
 __all__ = ["PRESET_SETTINGS", "preset_transforms"]
 
@@ -50,7 +50,7 @@ def preset_transforms(model: torch.nn.Module, img_size: int | None, preset: str 
         PIL image to float Tensor of shape (3, size, size); the validation
         one is deterministic.
     short_side : int
-        As from :func:`ftcore.data.build_transforms`.
+        As from :func:`ftcore.data.split.build_transforms`.
 
     Raises
     ------

@@ -1,6 +1,6 @@
 """Learning rates per layer group and over the steps of training; pure functions.
 
-The same functions set the optimizer's rates in :func:`ftcore.training.fit`
+The same functions set the optimizer's rates in :func:`ftcore.train.experiment.fit`
 and draw the schedule in the dashboard before training, so the chart is the
 schedule that runs.
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .config import TrainConfig
-from .layers import HEAD, LayerGroup, trainable_param_names
+from ftcore.core.config import TrainConfig
+from ftcore.models.layers import HEAD, LayerGroup, trainable_param_names
 
 __all__ = ["GroupRate", "group_peak_lrs", "lr_factor", "warmup_steps", "lr_schedule"]
 
@@ -37,7 +37,7 @@ class GroupRate:
     Attributes
     ----------
     name : str
-        Layer group name (coarse, from :func:`ftcore.layers.layer_groups`).
+        Layer group name (coarse, from :func:`ftcore.models.layers.layer_groups`).
     index : int
         Position from the input, 0-based.
     distance : int
@@ -65,7 +65,7 @@ def group_peak_lrs(groups: list[LayerGroup], trainable: tuple[str, ...] | list[s
     groups : list of LayerGroup
         Coarse layer groups, input to output, head last.
     trainable : sequence of str
-        Group and part names that learn (:func:`ftcore.layers.trainable_group_names`);
+        Group and part names that learn (:func:`ftcore.models.layers.trainable_group_names`);
         a group with any trainable part counts as trainable.
     train : TrainConfig
         ``lr``, and ``layer_decay`` or ``backbone_lr_scale``.

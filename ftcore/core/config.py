@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ftcore.core.errors import ConfigError
 
 __all__ = [
     "BackboneConfig",
@@ -32,11 +32,11 @@ __all__ = [
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 #: Values of :attr:`TrainConfig.class_balance`.
 CLASS_BALANCE = ("none", "loss", "sampler")
-#: Augmentation presets of the training transform (see :func:`ftcore.augment.preset_transforms`).
+#: Augmentation presets of the training transform (see :func:`ftcore.data.augment.preset_transforms`).
 AUGMENT_PRESETS = ("none", "light", "standard")
 #: Validation metrics early stopping can watch, with the direction that is better.
 EARLY_STOPPING_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_macro_recall": "max"}
-#: Device choices (see :func:`ftcore.device.choose_device`).
+#: Device choices (see :func:`ftcore.accel._device.choose_device`).
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _UNFREEZE_RE = re.compile(r"^(head|all|last:(\d+))$")
 
@@ -111,7 +111,7 @@ class FreezeConfig:
     unfreeze : str, default "all"
         A preset (see :func:`parse_unfreeze`), or ``"groups:"`` followed by a
         comma-separated list of layer group names (see
-        :func:`ftcore.layers.layer_groups`). A name may also be a sub-block
+        :func:`ftcore.models.layers.layer_groups`). A name may also be a sub-block
         of a group (a fine group from timm's ``group_matcher(coarse=False)``,
         e.g. ``"groups:blocks.5.2,blocks.6"``): only that part of its group
         learns. The head is always trained.
@@ -190,7 +190,7 @@ class TrainConfig:
         default from its ``pretrained_cfg``.
     update_bn : bool, default False
         Let BatchNorm layers in unfrozen groups update their running
-        statistics (see :func:`ftcore.layers.set_train_mode`). Frozen groups'
+        statistics (see :func:`ftcore.models.layers.set_train_mode`). Frozen groups'
         BatchNorm never updates. Needs a batch size of at least 2.
     baseline : bool, default True
         Also train the frozen baseline (linear probe) on the same split.
@@ -203,22 +203,22 @@ class TrainConfig:
     feature_cache : bool, default True
         When the first trainable layer sits after frozen layers, compute the
         frozen prefix's output once per image and train from it
-        (:mod:`ftcore.prefix`): much faster, at the cost of the random
+        (:mod:`ftcore.accel._prefix`): much faster, at the cost of the random
         augmentation before the first trainable layer.
     channels_last : bool, default True
         Run convolutional models in the ``channels_last`` memory layout
         (faster for oneDNN convolutions on CPUs and for cuDNN on recent GPUs).
     class_balance : str, default "none"
         ``"none"``; ``"loss"``: cross-entropy weighted per class by
-        :func:`ftcore.data.class_weights` (scikit-learn's "balanced" weights);
+        :func:`ftcore.data.split.class_weights` (scikit-learn's "balanced" weights);
         ``"sampler"``: batches drawn with every class equally likely
-        (:func:`ftcore.data.balanced_sampler`). For imbalanced classes.
+        (:func:`ftcore.data.split.balanced_sampler`). For imbalanced classes.
     layer_decay : float or None, default None
         Layer-wise learning-rate decay in (0, 1]: the head learns at ``lr``
         and every layer group ``d`` groups before it at ``lr * layer_decay**d``
         (Clark et al., "ELECTRA", 2020, appendix A; Bao et al., "BEiT", 2021,
         section 2.6). None uses ``lr * backbone_lr_scale`` for every unfrozen
-        backbone group instead. See :func:`ftcore.schedule.group_peak_lrs`.
+        backbone group instead. See :func:`ftcore.train.schedule.group_peak_lrs`.
     warmup_epochs : float, default 0.0
         Epochs of linear warm-up from ``lr / warm-up steps`` to the peak
         rate before the cosine decay, in [0, epochs); fractions of an epoch

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import RunConfig
-from .runs import ACTIVE, RunRecord, RunStore
+from ftcore.core.config import RunConfig
+from ftcore.runs.store import ACTIVE, RunRecord, RunStore
 
 __all__ = ["start_run", "cancel_run", "refresh", "latest_active_run", "run_worker", "pid_alive"]
 
@@ -64,7 +64,7 @@ def start_run(config: RunConfig, store: RunStore) -> str:
     run_id = store.create_run(config)
     log_path = store.run_dir(run_id) / "worker.log"
     env = dict(os.environ, FTCORE_HOME=str(store.root))
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
@@ -150,8 +150,8 @@ def run_worker(store: RunStore, run_id: str, stop_flag: dict | None = None) -> i
     int
         Process exit status: 0 when finished or cancelled, 1 when failed.
     """
-    from .errors import FtcoreError
-    from .training import run_experiment
+    from ftcore.core.errors import FtcoreError
+    from ftcore.train.experiment import run_experiment
 
     flag = stop_flag if stop_flag is not None else {"stop": False}
     if stop_flag is None:

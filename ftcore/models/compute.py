@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import HEAD, LayerGroup, layer_groups, trainable_param_names
+from ftcore.models.layers import HEAD, LayerGroup, layer_groups, trainable_param_names
 
 __all__ = ["ComputeUnit", "ComputeProfile", "compute_profile", "describe_compute", "step_cost"]
 
@@ -118,7 +118,7 @@ def compute_profile(model: nn.Module, img_size: int, groups: list[LayerGroup] | 
     img_size : int
         Square input side in pixels.
     groups : list of LayerGroup or None
-        From :func:`ftcore.layers.layer_groups`; computed when None.
+        From :func:`ftcore.models.layers.layer_groups`; computed when None.
 
     Returns
     -------
@@ -163,7 +163,7 @@ def describe_compute(model_name: str, img_size: int, num_classes: int = 2) -> Co
     BackboneError
         If timm cannot build the model.
     """
-    from .layers import meta_model
+    from ftcore.models.layers import meta_model
 
     return compute_profile(meta_model(model_name, num_classes), img_size)
 
@@ -177,7 +177,7 @@ def step_cost(profile: ComputeProfile, groups: list[LayerGroup], trainable: tupl
     groups : list of LayerGroup
         The groups the profile was made from.
     trainable : sequence of str
-        Group and part names that learn (:func:`ftcore.layers.trainable_group_names`).
+        Group and part names that learn (:func:`ftcore.models.layers.trainable_group_names`).
 
     Returns
     -------

@@ -1,10 +1,10 @@
 """Split the audited images, and build datasets, samplers and transforms for training.
 
-The data is read by :func:`ftcore.audit.audit_dataset`, which decodes every
+The data is read by :func:`ftcore.data.audit.audit_dataset`, which decodes every
 file once; :func:`split_from_audit` turns its report (with the decoded
 arrays) into the run's :class:`DatasetSplit`, and :func:`prepare_split` does
 both. Layouts, file problems and the decoding rules are described in
-:mod:`ftcore.scan`, :mod:`ftcore.audit` and :mod:`ftcore.images`.
+:mod:`ftcore.data.scan`, :mod:`ftcore.data.audit` and :mod:`ftcore.data.images`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from .audit import AuditReport, audit_dataset, refusal_message, val_share
-from .config import DataConfig
-from .errors import DatasetError
-from .images import IMAGE_SUFFIXES, decode_image
-from .scan import Layout, Problem, check_data_root, data_roots, find_layout
+from ftcore.data.audit import AuditReport, audit_dataset, refusal_message, val_share
+from ftcore.core.config import DataConfig
+from ftcore.core.errors import DatasetError
+from ftcore.data.images import IMAGE_SUFFIXES, decode_image
+from ftcore.data.scan import Layout, Problem, check_data_root, data_roots, find_layout
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -103,7 +103,7 @@ def split_from_audit(report: AuditReport, seed: int = 0) -> DatasetSplit:
     Parameters
     ----------
     report : AuditReport
-        From :func:`ftcore.audit.audit_dataset` with ``keep_images=True``.
+        From :func:`ftcore.data.audit.audit_dataset` with ``keep_images=True``.
     seed : int, default 0
 
     Returns
@@ -161,7 +161,7 @@ def prepare_split(
     progress : callable or None
         Called as ``progress(done, total)`` after each file.
     store_root : str, pathlib.Path or None, default None
-        Run store whose decoded-image cache (:mod:`ftcore.cache`) the audit
+        Run store whose decoded-image cache (:mod:`ftcore.data.cache`) the audit
         reads and fills, and where a zip is extracted; None uses
         ``$FTCORE_HOME``.
 
@@ -193,7 +193,7 @@ def scan_layout(data: DataConfig) -> Layout:
         If a folder is missing or unreadable, outside the data roots, has its
         images at the root, or has fewer than two class folders with files.
     """
-    from .runs import default_store_root
+    from ftcore.core.paths import default_store_root
 
     extra = (default_store_root().resolve(),)
     check_data_root(data.train_dir, extra)

@@ -28,7 +28,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import BackboneError, WeightsError
+from ftcore.core.errors import BackboneError, WeightsError
 
 __all__ = [
     "PACKAGED_WEIGHTS",
@@ -257,7 +257,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _classifier_keys(model: nn.Module) -> set[str]:
-    from .layers import classifier_modules
+    from ftcore.models.layers import classifier_modules
 
     names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
     return {names[id(t)] for m in classifier_modules(model) for t in m.state_dict(keep_vars=True).values()
@@ -392,7 +392,7 @@ def build_model(
     ConfigError
         If the model has a fixed input size and cannot be built for `img_size`.
     """
-    from .errors import ConfigError
+    from ftcore.core.errors import ConfigError
 
     src = resolve_weights(name, weights)
     size_kw: dict = {}

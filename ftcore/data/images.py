@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from .errors import DatasetError
+from ftcore.core.errors import DatasetError
 
 __all__ = ["IMAGE_SUFFIXES", "BACKGROUND", "HEIF_SUPPORTED", "AVIF_SUPPORTED", "MAX_FILE_BYTES",
            "ImageDecodeError", "Decoded", "decode_bytes", "decode_image", "read_and_decode"]

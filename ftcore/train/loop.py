@@ -2,7 +2,7 @@
 
 :func:`fit` trains the trainable parameters of a model and reports typed
 events (:class:`StepEvent`, :class:`EpochEvent`) to callbacks;
-:func:`ftcore.training.run_experiment` calls it for the frozen baseline and
+:func:`ftcore.train.experiment.run_experiment` calls it for the frozen baseline and
 the fine-tuned model. Nothing here knows about Streamlit.
 """
 
@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import EARLY_STOPPING_METRICS, TrainConfig
-from .errors import ConfigError, TrainingError
-from .layers import HEAD, LayerGroup, layer_groups, set_train_mode
-from .metrics import macro_recall
-from .monitor import LayerStats
+from ftcore.core.config import EARLY_STOPPING_METRICS, TrainConfig
+from ftcore.core.errors import ConfigError, TrainingError
+from ftcore.models.layers import HEAD, LayerGroup, layer_groups, set_train_mode
+from ftcore.core.metrics import macro_recall
+from ftcore.train.monitor import LayerStats
 
 __all__ = ["StepEvent", "EpochEvent", "FitResult", "fit", "evaluate", "pick_device"]
 
@@ -127,8 +127,8 @@ class FitResult:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """CUDA if available, else Apple MPS, else the CPU (see :func:`ftcore.device.choose_device`)."""
-    from .device import pick_device as _pick
+    """CUDA if available, else Apple MPS, else the CPU (see :func:`ftcore.accel._device.choose_device`)."""
+    from ftcore.accel import pick_device as _pick
 
     return _pick(requested)
 
@@ -149,7 +149,7 @@ def evaluate(
     """Evaluate a model in eval mode with deterministic inputs (autocast in `amp_dtype` when given).
 
     `forward` (default: the model itself) maps a batch to logits, e.g. a
-    cut model's ``run`` (:func:`ftcore.prefix.cut_applied`) for batches of
+    cut model's ``run`` (:func:`ftcore.accel._prefix.cut_applied`) for batches of
     cached activations; `channels_last` converts 4-d batches to that layout.
 
     Returns
@@ -206,41 +206,41 @@ def fit(
     ----------
     model : torch.nn.Module
         Frozen parameters have ``requires_grad=False`` already
-        (:func:`ftcore.layers.apply_freeze`); frozen BatchNorm layers stay in
-        eval mode (:func:`ftcore.layers.set_train_mode`).
+        (:func:`ftcore.models.layers.apply_freeze`); frozen BatchNorm layers stay in
+        eval mode (:func:`ftcore.models.layers.set_train_mode`).
     train_loader, val_loader : torch.utils.data.DataLoader
         Batches of (Tensor of shape (batch, 3, height, width), Tensor of
         int64 labels of shape (batch,)).
     train : TrainConfig
         Epochs; peak learning rates per layer group
-        (:func:`ftcore.schedule.group_peak_lrs`), warm-up and cosine decay
-        (:func:`ftcore.schedule.lr_factor`); gradual unfreezing
+        (:func:`ftcore.train.schedule.group_peak_lrs`), warm-up and cosine decay
+        (:func:`ftcore.train.schedule.lr_factor`); gradual unfreezing
         (``unfreeze_after``); weight decay; label smoothing; early stopping.
     name : str
         Model label in events (``"baseline"`` or ``"finetuned"``).
     device : torch.device
     on_step, on_epoch : callable or None
         Receive :class:`StepEvent` / :class:`EpochEvent` (the latter with
-        per-group :class:`ftcore.monitor.LayerStats` in ``layers``).
+        per-group :class:`ftcore.train.monitor.LayerStats` in ``layers``).
     should_stop : callable or None
         Polled before every batch; when it returns True the loop ends and the
         result has ``cancelled=True``.
     forward : callable or None, default None
         Maps a batch to logits; None calls `model`. With a frozen prefix
         computed once, the loaders yield cached activations and this is the
-        cut model's ``run`` (:func:`ftcore.prefix.cut_applied`).
+        cut model's ``run`` (:func:`ftcore.accel._prefix.cut_applied`).
     channels_last : bool, default False
         Convert 4-d batches to the ``channels_last`` memory layout (the model
         must be converted by the caller).
     groups : list of LayerGroup or None, default None
         Coarse layer groups of `model` (the unit of learning rates and
-        statistics); None computes them with :func:`ftcore.layers.layer_groups`.
+        statistics); None computes them with :func:`ftcore.models.layers.layer_groups`.
     loss_weights : Tensor of shape (n_classes,) or None, default None
         Class weights of the training cross-entropy (e.g. inverse class
         frequencies for imbalanced data); None weighs all classes alike.
         The validation loss is always unweighted and unsmoothed.
     amp_dtype : torch.dtype, None or "auto", default "auto"
-        Autocast data type; "auto" uses :func:`ftcore.device.autocast_dtype`
+        Autocast data type; "auto" uses :func:`ftcore.accel._device.autocast_dtype`
         (bfloat16 on a CUDA device that supports it, else float32).
 
     Returns
@@ -259,9 +259,9 @@ def fit(
         names the step and learning rate and suggests a lower rate. The
         error's ``result`` holds the finished epochs.
     """
-    from .device import autocast_dtype
-    from .monitor import LayerMonitor, restore, snapshot
-    from .schedule import group_peak_lrs, lr_factor, warmup_steps
+    from ftcore.accel import autocast_dtype
+    from ftcore.train.monitor import LayerMonitor, restore, snapshot
+    from ftcore.train.schedule import group_peak_lrs, lr_factor, warmup_steps
 
     learn = {n for n, p in model.named_parameters() if p.requires_grad}
     if not learn:
@@ -395,7 +395,7 @@ def fit(
 
 def _own_groups(model: nn.Module) -> list[LayerGroup]:
     """Layer groups of `model`; one group holding everything (learning at the head's rate) when it has no head."""
-    from .errors import BackboneError
+    from ftcore.core.errors import BackboneError
 
     try:
         return layer_groups(model)

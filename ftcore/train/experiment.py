@@ -1,7 +1,7 @@
 """The two-model experiment: baseline and fine-tuned model on the same split, into the run store.
 
 :func:`run_experiment` trains the frozen baseline (linear probe) and then
-the fine-tuned model with :func:`ftcore.loop.fit`, through the fast paths
+the fine-tuned model with :func:`ftcore.train.loop.fit`, through the fast paths
 (decoded-image cache, BatchNorm folding, frozen prefix computed once,
 ``channels_last``), and writes everything into the run store. Nothing here
 knows about Streamlit.
@@ -20,15 +20,13 @@ from torch import nn
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from .augment import preset_transforms
-from .backbones import build_model
-from .config import RunConfig, TrainConfig
-from .data import ArrayImageDataset, DatasetSplit, balanced_sampler, class_weights, prepare_split
-from .fold import bn_folded
-from .kernels import keep_freed_memory
-from .layers import apply_freeze, layer_groups, trainable_group_names
-from .loop import EpochEvent, FitResult, StepEvent, _to_device, evaluate, fit, pick_device
-from .prefix import compute_features, cut_applied, feature_bytes, find_prefix_cut
+from ftcore.data.augment import preset_transforms
+from ftcore.models.backbones import build_model
+from ftcore.core.config import RunConfig, TrainConfig
+from ftcore.data.split import ArrayImageDataset, DatasetSplit, balanced_sampler, class_weights, prepare_split
+from ftcore.accel import bn_folded, compute_features, cut_applied, feature_bytes, find_prefix_cut, keep_freed_memory
+from ftcore.models.layers import apply_freeze, layer_groups, trainable_group_names
+from ftcore.train.loop import EpochEvent, FitResult, StepEvent, _to_device, evaluate, fit, pick_device
 
 __all__ = ["StepEvent", "EpochEvent", "FitResult", "fit", "evaluate", "run_experiment", "pick_device", "Cancelled",
            "step_cost_factor", "set_threads", "feature_cache_limit_bytes"]
@@ -73,7 +71,7 @@ def step_cost_factor(groups: list, trainable: tuple[str, ...]) -> float:
 
     Parameters
     ----------
-    groups : list of ftcore.layers.LayerGroup
+    groups : list of ftcore.models.layers.LayerGroup
     trainable : tuple of str
         Names of the unfrozen groups.
 
@@ -121,7 +119,7 @@ def set_threads(num_workers: int = 0) -> int:
 
 def feature_cache_limit_bytes() -> int:
     """Most memory the cached activations of one model may take (``FTCORE_FEATURE_CACHE_MAX_GB``, default 2 GB)."""
-    from .cache import gigabytes_from_env
+    from ftcore.data.cache import gigabytes_from_env
 
     return gigabytes_from_env("FTCORE_FEATURE_CACHE_MAX_GB", 2.0)
 
@@ -178,7 +176,7 @@ def _first_module_trains(model: nn.Module) -> bool:
 
 def _device_text(device: torch.device) -> str:
     """The device and its autocast type, as shown to the user (issue 4)."""
-    from .device import device_summary
+    from ftcore.accel import device_summary
 
     return device_summary(device.type)
 
@@ -204,7 +202,7 @@ def run_experiment(
     Parameters
     ----------
     config : RunConfig
-    store : ftcore.runs.RunStore
+    store : ftcore.runs.store.RunStore
         Receives status, progress, per-epoch metrics, predictions and weights.
     run_id : str
         A run created with ``store.create_run(config)``.
@@ -226,8 +224,8 @@ def run_experiment(
         Any data, weights or training problem; the run is marked ``failed``
         with the message before the error propagates.
     """
-    from .errors import FtcoreError
-    from .runs import MODELS
+    from ftcore.core.errors import FtcoreError
+    from ftcore.runs.store import MODELS
 
     tc = config.train
     _seed_everything(tc.seed)
@@ -238,7 +236,7 @@ def run_experiment(
         device = pick_device(tc.device)
         threads = set_threads(tc.num_workers)
         if device.type == "cpu":
-            keep_freed_memory()  # activations reused without page faults at every step (ftcore.kernels)
+            keep_freed_memory()  # activations reused without page faults at every step (ftcore.accel._kernels)
         # Build once to learn transforms; class count is set after the scan.
         probe, src = build_model(config.backbone.name, 2, config.backbone.weights, tc.img_size)
         train_tf, val_tf, short = preset_transforms(probe, tc.img_size, tc.augment)  # issue 4: augmentation preset

@@ -17,8 +17,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
-from .errors import DatasetError
-from .scan import is_junk
+from ftcore.core.errors import DatasetError
+from ftcore.data.scan import is_junk
 
 __all__ = ["MAX_UPLOAD_BYTES", "MAX_UPLOAD_FILES", "save_uploaded_files", "extract_zip", "extract_zip_file", "class_root"]
 

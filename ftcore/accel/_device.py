@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import DEVICES
-from .errors import ConfigError
+from ftcore.core.config import DEVICES
+from ftcore.core.errors import ConfigError
 
 __all__ = ["choose_device", "autocast_dtype", "pick_device", "machine_facts", "describe_device", "device_summary"]
 

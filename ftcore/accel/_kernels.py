@@ -57,7 +57,7 @@ def keep_freed_memory(trim_threshold_bytes: int = 1 << 30) -> bool:
     ``mallopt(3)``. Training allocates and frees the same activation sizes at
     every step, so the blocks are reused without page faults. The cost is
     that the process keeps its peak memory until it ends; training runs in
-    its own process (:mod:`ftcore.jobs`) or the command line's.
+    its own process (:mod:`ftcore.jobs.local`) or the command line's.
 
     Parameters
     ----------

@@ -1,7 +1,7 @@
 """Fold BatchNorm layers with fixed statistics into the convolution before them, for training.
 
 A BatchNorm layer whose running statistics do not change (every frozen one,
-and by default every one, see :func:`ftcore.layers.set_train_mode`) is an
+and by default every one, see :func:`ftcore.models.layers.set_train_mode`) is an
 affine map per channel: ``y = gamma * (x - mean) / sqrt(var + eps) + beta``.
 After a convolution ``x = W * u + c`` it can be merged into that
 convolution, ``W' = W * s`` and ``c' = beta + (c - mean) * s`` with
@@ -33,7 +33,7 @@ from torch import nn
 from timm.layers.conv2d_same import Conv2dSame
 from timm.layers.padding import pad_same
 
-from .kernels import conv2d_hardtanh, depthwise_conv2d, fused_activation_available, is_depthwise
+from ftcore.accel._kernels import conv2d_hardtanh, depthwise_conv2d, fused_activation_available, is_depthwise
 
 __all__ = ["bn_folded", "foldable_pairs", "patch_forward"]
 
@@ -108,9 +108,9 @@ def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, clamp: tuple[float, flo
             x, padding = pad_same(x, w.shape[-2:], conv.stride, conv.dilation), (0, 0)
         else:
             padding = conv.padding
-        if clamp is not None:  # ReLU6 written with the convolution's output (ftcore.kernels)
+        if clamp is not None:  # ReLU6 written with the convolution's output (ftcore.accel._kernels)
             return conv2d_hardtanh(x, w, shift, conv.stride, padding, conv.groups, *clamp)
-        if depthwise:  # same result, faster weight gradient on a CPU (ftcore.kernels)
+        if depthwise:  # same result, faster weight gradient on a CPU (ftcore.accel._kernels)
             return depthwise_conv2d(x, w, shift, conv.stride, padding)
         return F.conv2d(x, w, shift, conv.stride, padding, conv.dilation, conv.groups)
 
@@ -177,7 +177,7 @@ def foldable_pairs(model: nn.Module, example: torch.Tensor, update_bn: bool = Fa
     example : torch.Tensor of shape (batch, 3, height, width)
         Inputs for one traced forward pass (eval mode, no gradients).
     update_bn : bool, default False
-        As in :func:`ftcore.layers.set_train_mode`: when True, BatchNorm layers
+        As in :func:`ftcore.models.layers.set_train_mode`: when True, BatchNorm layers
         with trainable parameters update their statistics and are not folded.
 
     Returns

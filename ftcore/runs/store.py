@@ -29,8 +29,9 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig
-from .errors import RunStoreError
+from ftcore.core.config import RunConfig
+from ftcore.core.errors import RunStoreError
+from ftcore.core.paths import default_store_root
 
 __all__ = ["RunStore", "RunRecord", "default_store_root", "ACTIVE", "MODELS"]
 
@@ -80,11 +81,6 @@ EPOCH_COLUMNS = (
     "train_loss", "train_accuracy", "train_macro_recall",
     "val_loss", "val_accuracy", "val_macro_recall", "seconds", "images_per_second",
 )
-
-
-def default_store_root() -> Path:
-    """``$FTCORE_HOME`` if set, else ``~/.ftcore``."""
-    return Path(os.environ.get("FTCORE_HOME") or Path.home() / ".ftcore").expanduser()
 
 
 @dataclass(frozen=True)
@@ -288,10 +284,10 @@ class RunStore:
         run_id, model : str
         epoch : int
             1-based.
-        stats : iterable of ftcore.monitor.LayerStats
+        stats : iterable of ftcore.train.monitor.LayerStats
             Relative weight change ``||w - w0|| / ||w0||``, mean gradient
             norm and mean learning rate per group (see
-            :class:`ftcore.monitor.LayerStats`).
+            :class:`ftcore.train.monitor.LayerStats`).
         """
         rows = [(run_id, model, int(epoch), s.group, int(s.index), _real(s.relative_change), _real(s.grad_norm),
                  _real(s.lr), int(bool(s.trainable))) for s in stats]

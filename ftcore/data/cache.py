@@ -2,7 +2,7 @@
 
 Decoding a JPEG and resizing it costs more than the random crop and flip a
 training step needs, and hashing a file for the audit means reading it. The
-audit (:func:`ftcore.audit.audit_dataset`) therefore writes what it learns
+audit (:func:`ftcore.data.audit.audit_dataset`) therefore writes what it learns
 about each file (the decoded uint8 array, whose shorter side is a little above
 the training size, and small per-file facts: hashes, format, conversion
 notes, or why the file could not be read) into one entry under

@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .fold import patch_forward
+from ftcore.accel._fold import patch_forward
 
 __all__ = ["PrefixCut", "find_prefix_cut", "compute_features", "cut_applied", "feature_bytes"]
 

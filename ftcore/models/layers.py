@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from timm.models import group_parameters
 
-from .config import FreezeConfig, parse_unfreeze
-from .errors import ConfigError
+from ftcore.core.config import FreezeConfig, parse_unfreeze
+from ftcore.core.errors import ConfigError
 
 __all__ = [
     "HEAD",
@@ -108,7 +108,7 @@ def classifier_modules(model: nn.Module) -> list[nn.Module]:
     BackboneError
         If the model has no ``get_classifier`` (an encoder without a head).
     """
-    from .errors import BackboneError
+    from ftcore.core.errors import BackboneError
 
     try:
         clf = model.get_classifier()
@@ -473,7 +473,7 @@ def meta_model(model_name: str, num_classes: int = 2) -> nn.Module:
     """
     import timm
 
-    from .errors import BackboneError
+    from ftcore.core.errors import BackboneError
 
     try:
         with torch.device("meta"):

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DatasetError
+from ftcore.core.errors import DatasetError
 
 __all__ = ["JUNK_NAMES", "DATA_ROOTS_ENV", "Problem", "ClassListing", "Layout", "is_junk", "list_class_folders",
            "find_layout", "data_roots", "check_data_root"]
