@@ -49,10 +49,10 @@ SETTINGS = {"head only": "head", "last 2 groups": "last:2", "all": "all"}
 
 def _split(a: argparse.Namespace) -> dict:
     """The product's own split (audit, duplicates dropped, seeded stratified split), for both contenders."""
-    from ftcore.models.backbones import build_model
     from ftcore.core.config import DataConfig
     from ftcore.data.augment import preset_transforms
     from ftcore.data.split import prepare_split
+    from ftcore.models.backbones import build_model
 
     model, _ = build_model(a.model, 2, "auto", a.img_size)
     _, _, short = preset_transforms(model, a.img_size)
@@ -83,7 +83,13 @@ def run_reference(a: argparse.Namespace) -> dict:
 
     from ftcore.data.augment import preset_transforms
     from ftcore.models.backbones import build_model
-    from ftcore.models.layers import apply_freeze, classifier_modules, layer_groups, set_train_mode, trainable_group_names
+    from ftcore.models.layers import (
+        apply_freeze,
+        classifier_modules,
+        layer_groups,
+        set_train_mode,
+        trainable_group_names,
+    )
     from ftcore.train.experiment import _seed_everything
 
     _seed_everything(a.seed)

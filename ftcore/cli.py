@@ -19,8 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-from ftcore import AUGMENT_PRESETS, CLASS_BALANCE, DEVICES, EARLY_STOPPING_METRICS, RunConfig
-from ftcore import ConfigError, DatasetError, FtcoreError
+from ftcore import (
+    AUGMENT_PRESETS,
+    CLASS_BALANCE,
+    DEVICES,
+    EARLY_STOPPING_METRICS,
+    ConfigError,
+    DatasetError,
+    FtcoreError,
+    RunConfig,
+)
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -173,16 +181,14 @@ def _progress_printer(stream):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ftcore import RunStore
-    from ftcore import run_experiment
+    from ftcore import RunStore, run_experiment
 
     try:
         cfg = config_from_args(args)
         from ftcore import device_summary
 
         device = device_summary(cfg.train.device)
-        from ftcore import resolve_weights
-        from ftcore import scan_layout
+        from ftcore import resolve_weights, scan_layout
 
         resolve_weights(cfg.backbone.name, cfg.backbone.weights)
         scan_layout(cfg.data)
@@ -307,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return _audit(args)
     if args.command == "worker":
-        from ftcore import run_worker
-        from ftcore import RunStore
+        from ftcore import RunStore, run_worker
 
         logging.getLogger("ftcore").setLevel(logging.INFO)
         return run_worker(RunStore(args.store), args.run_id, stop)

@@ -9,8 +9,14 @@ import pandas as pd
 import streamlit as st
 
 from ftcore import (
-    MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, FtcoreError, audit_dataset, data_roots, extract_zip,
-    save_uploaded_files, write_demo_dataset,
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_FILES,
+    FtcoreError,
+    audit_dataset,
+    data_roots,
+    extract_zip,
+    save_uploaded_files,
+    write_demo_dataset,
 )
 from pages.common import get_store, halt, init_state, widget_key
 

@@ -10,13 +10,37 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from ftcore import (
-    AUGMENT_PRESETS, CLASS_BALANCE, DEVICES, EARLY_STOPPING_METRICS, BackboneConfig, DataConfig, FreezeConfig,
-    FtcoreError, RunConfig, TrainConfig, cancel_run, device_summary, group_peak_lrs, latest_active_run,
-    lr_schedule, resolve_weights, start_run, trainable_group_names,
+    AUGMENT_PRESETS,
+    CLASS_BALANCE,
+    DEVICES,
+    EARLY_STOPPING_METRICS,
+    BackboneConfig,
+    DataConfig,
+    FreezeConfig,
+    FtcoreError,
+    RunConfig,
+    TrainConfig,
+    cancel_run,
+    device_summary,
+    group_peak_lrs,
+    latest_active_run,
+    lr_schedule,
+    resolve_weights,
+    start_run,
+    trainable_group_names,
 )
 from pages.charts import layer_panels, rate_bars, schedule_lines
-from pages.common import (cached_layer_groups, current_run_id, describe_unfreeze, get_store, init_state, load_config,
-                          run_record, time_left, widget_key)
+from pages.common import (
+    cached_layer_groups,
+    current_run_id,
+    describe_unfreeze,
+    get_store,
+    init_state,
+    load_config,
+    run_record,
+    time_left,
+    widget_key,
+)
 
 init_state()
 store = get_store()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
-
 from test_app import APP, TIMEOUT, _exceptions, app, by_label, goto, home, texts  # noqa: F401 - fixtures
 
 from ftcore.core.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
@@ -72,8 +71,8 @@ def test_load_the_configuration_of_a_past_run(app, home):
 
 
 def test_finished_run_shows_what_each_layer_group_did(home):
-    from ftcore.train.monitor import LayerStats
     from ftcore.runs.store import RunStore
+    from ftcore.train.monitor import LayerStats
 
     store = RunStore(home)
     cfg = RunConfig(BackboneConfig("test_resnet", "none"), FreezeConfig("all"), DataConfig(str(home)),

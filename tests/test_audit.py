@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import COLOURS, tiny_run_config, write_image
 from PIL import Image
 
-from conftest import COLOURS, tiny_run_config, write_image
-from ftcore.data.audit import audit_dataset
-from ftcore.data.split import split_from_audit
 from ftcore.core.errors import DatasetError
+from ftcore.data.audit import audit_dataset
 from ftcore.data.images import BACKGROUND, decode_bytes, read_and_decode
+from ftcore.data.split import split_from_audit
 
 
 def noisy(colour, size=16, seed=0) -> np.ndarray:
@@ -149,7 +149,7 @@ def test_pixel_formats_become_correct_rgb(name):
 
 def test_every_pixel_format_is_audited_converted_and_trains(tmp_path, store):
     root = folder(tmp_path, {"formats": 4, "plain": 6})
-    for name, (data, *_rest, note) in CASES.items():
+    for name, (data, *_rest, _note) in CASES.items():
         (root / "formats" / name).write_bytes(data)
     report = audit_dataset(root, val_fraction=0.25)
     converted = by_kind(report, "converted")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import tiny_run_config
 from PIL import Image
 
-from conftest import tiny_run_config
-from ftcore.train import experiment as training
-from ftcore.data.augment import preset_transforms
 from ftcore.core.errors import ConfigError
+from ftcore.data.augment import preset_transforms
+from ftcore.train import experiment as training
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from ftcore.core.errors import BackboneError, WeightsError
 from ftcore.models import backbones
 from ftcore.models.backbones import (
     PACKAGED_WEIGHTS,
@@ -20,8 +21,6 @@ from ftcore.models.backbones import (
     load_weights_file,
     resolve_weights,
 )
-from ftcore.core.errors import BackboneError, WeightsError
-
 
 # -- listing ---------------------------------------------------------------------
 
@@ -296,8 +295,8 @@ def test_check_weights_file(tmp_path):
 
 
 def test_weights_file_with_nan_is_refused_naming_the_tensor(tmp_path):
-    from ftcore.models.backbones import load_weights_file
     from ftcore.core.errors import WeightsError
+    from ftcore.models.backbones import load_weights_file
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
     sd = model.state_dict()
@@ -308,8 +307,8 @@ def test_weights_file_with_nan_is_refused_naming_the_tensor(tmp_path):
 
 
 def test_unreadable_weights_file_gives_one_line(tmp_path):
-    from ftcore.models.backbones import load_weights_file
     from ftcore.core.errors import WeightsError
+    from ftcore.models.backbones import load_weights_file
 
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(WeightsError) as e:
@@ -318,8 +317,8 @@ def test_unreadable_weights_file_gives_one_line(tmp_path):
 
 
 def test_download_with_no_hub_fails_at_once_and_never_trains_random(monkeypatch):
-    from ftcore.models import backbones
     from ftcore.core.errors import WeightsError
+    from ftcore.models import backbones
 
     monkeypatch.setattr(backbones, "resolve_weights", lambda name, weights="auto": backbones.WeightsSource(
         "download", "timm/resnet18.a1_in1k"))

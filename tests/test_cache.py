@@ -6,15 +6,14 @@ import os
 
 import numpy as np
 import pytest
+from conftest import write_image
 
 import ftcore.data.audit
+from ftcore.core.config import DataConfig
 from ftcore.data.audit import audit_dataset
 from ftcore.data.cache import CacheEntryWriter, cache_folder, cache_key, load_entry
-from ftcore.core.config import DataConfig
-from ftcore.data.split import prepare_split
 from ftcore.data.images import decode_image
-
-from conftest import write_image
+from ftcore.data.split import prepare_split
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import PYTHON, REPO, _make_image_folder, subprocess_env
+
 from ftcore import cli
 from ftcore.runs.store import RunStore
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import _make_image_folder
+
 from ftcore import cli
 from ftcore.runs.store import RunStore
 

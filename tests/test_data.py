@@ -11,8 +11,9 @@ import timm
 import torch
 from PIL import Image
 
-from conftest import COLOURS, write_image
 from ftcore.core.config import DataConfig
+from ftcore.core.errors import DatasetError
+from ftcore.data.audit import audit_dataset
 from ftcore.data.split import (
     ArrayImageDataset,
     balanced_sampler,
@@ -24,8 +25,6 @@ from ftcore.data.split import (
     split_from_audit,
     write_demo_dataset,
 )
-from ftcore.data.audit import audit_dataset
-from ftcore.core.errors import DatasetError
 
 
 def _split(root, val_dir=None, val_fraction=0.2, seed=0, short_side=None):

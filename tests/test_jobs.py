@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import _make_image_folder, tiny_run_config
+
 from ftcore.jobs import local as jobs
 from ftcore.jobs.local import cancel_run, latest_active_run, pid_alive, refresh, run_worker, start_run
 from ftcore.runs.store import RunStore
@@ -66,7 +66,7 @@ def workers(tmp_path_factory):
         cancel_run(store, early_id)
         started["early"] = (early_id, store.get(early_id).pid, "")
     yield store, started
-    for run_id, pid, _ in started.values():  # end only what this fixture started, by pid
+    for _run_id, pid, _ in started.values():  # end only what this fixture started, by pid
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
             try:

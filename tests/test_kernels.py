@@ -13,8 +13,13 @@ from torch import nn
 
 import ftcore.accel._kernels as kernels
 from ftcore.accel._fold import bn_folded
-from ftcore.accel._kernels import (conv2d_hardtanh, depthwise_conv2d, fused_activation_available, is_depthwise,
-                            keep_freed_memory)
+from ftcore.accel._kernels import (
+    conv2d_hardtanh,
+    depthwise_conv2d,
+    fused_activation_available,
+    is_depthwise,
+    keep_freed_memory,
+)
 
 
 def _reference(x, w, b, stride, padding):

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ftcore.train import loop as training  # fit looks up evaluate here
 from ftcore.core.config import TrainConfig
 from ftcore.core.errors import ConfigError, TrainingError
 from ftcore.models.layers import apply_freeze, layer_groups, trainable_group_names, trainable_param_names
-from ftcore.train.schedule import lr_schedule
+from ftcore.train import loop as training  # fit looks up evaluate here
 from ftcore.train.loop import fit
+from ftcore.train.schedule import lr_schedule
 
 CPU = torch.device("cpu")
 

@@ -10,9 +10,9 @@ import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ftcore.accel._prefix import compute_features, cut_applied, feature_bytes, find_prefix_cut
 from ftcore.core.config import TrainConfig
 from ftcore.models.layers import apply_freeze, layer_groups, trainable_group_names
-from ftcore.accel._prefix import compute_features, cut_applied, feature_bytes, find_prefix_cut
 from ftcore.train.experiment import fit
 
 FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit", "test_byobnet"]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_run_config
 
 from ftcore.core.config import RunConfig
 from ftcore.train.experiment import run_experiment, set_threads
-
-from conftest import tiny_run_config
 
 
 def _run(store, cfg):

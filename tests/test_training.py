@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import tiny_run_config
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import tiny_run_config
-from ftcore.models.backbones import build_model
 from ftcore.core.config import TrainConfig
-from ftcore.data.split import build_transforms, prepare_split
 from ftcore.core.errors import DatasetError, TrainingError
+from ftcore.data.split import build_transforms, prepare_split
+from ftcore.models.backbones import build_model
 from ftcore.models.layers import apply_freeze, layer_groups, trainable_group_names, trainable_param_names
 from ftcore.runs.store import EPOCH_COLUMNS
 from ftcore.train.experiment import EpochEvent, StepEvent, _loaders, fit, run_experiment
@@ -238,6 +238,7 @@ def test_loaders_drop_a_last_batch_of_one(make_image_folder):
 def finished_run(tmp_path_factory):
     """One complete tiny experiment: 3 colour classes x 8 images + one unreadable file, 2 epochs each."""
     from conftest import _make_image_folder
+
     from ftcore.runs.store import RunStore
 
     base = tmp_path_factory.mktemp("finished_run")
@@ -419,10 +420,10 @@ def test_experiment_vit_with_non_default_image_size(make_image_folder, store):
 
 def test_same_seed_same_metrics(make_image_folder, tmp_path):
     """Reproducible on the CPU: the same seed and data give the same metrics (augmentation included)."""
+    from conftest import tiny_run_config
+
     from ftcore.runs.store import RunStore
     from ftcore.train.experiment import run_experiment
-
-    from conftest import tiny_run_config
 
     data = make_image_folder(classes={"red": 8, "green": 8})
     cfg = tiny_run_config(data, epochs=2)
@@ -450,9 +451,9 @@ def test_step_cost_factor_grows_with_the_unfrozen_depth():
 @pytest.mark.parametrize("balance", ["none", "loss", "sampler"])
 def test_class_balance_reaches_the_loss_or_the_batch_order(make_image_folder, store, monkeypatch, balance):
     """Imbalanced classes: class weights go to the training loss, or batches are drawn class-balanced."""
-    import ftcore.train.experiment as tr
     from torch.utils.data import WeightedRandomSampler
 
+    import ftcore.train.experiment as tr
     from ftcore.core.config import RunConfig
 
     seen = []

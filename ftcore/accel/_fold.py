@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.layers.conv2d_same import Conv2dSame
 from timm.layers.padding import pad_same
+from torch import nn
 
 from ftcore.accel._kernels import conv2d_hardtanh, depthwise_conv2d, fused_activation_available, is_depthwise
 
@@ -51,7 +51,7 @@ def _foldable_norm(bn: nn.Module) -> bool:
     return type(bn) is BatchNormAct2d
 
 
-def patch_forward(module: nn.Module, forward) -> "Callable[[], None]":
+def patch_forward(module: nn.Module, forward) -> Callable[[], None]:
     """Give one module instance another ``forward``; return the function that undoes it.
 
     The new function is an instance attribute, which shadows the class's

@@ -360,7 +360,7 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Build and validate a configuration from :meth:`to_dict` output.
 
         Raises
@@ -390,7 +390,7 @@ class RunConfig:
         return cls(**kwargs)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> RunConfig:
         """Read a configuration saved by :meth:`to_json`.
 
         Raises

@@ -29,15 +29,15 @@ import math
 import os
 import time
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ftcore.core.errors import DatasetError
-from ftcore.data.images import ImageDecodeError, IMAGE_SUFFIXES, read_and_decode
+from ftcore.data.images import IMAGE_SUFFIXES, ImageDecodeError, read_and_decode
 from ftcore.data.scan import Problem, check_data_root, data_roots, find_layout
 
 __all__ = ["AuditItem", "AuditReport", "audit_dataset", "val_share", "IMBALANCE_FACTOR", "AUDIT_SIDE"]

@@ -7,13 +7,13 @@ the training transform changes with the preset.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from ftcore.core.config import AUGMENT_PRESETS
-from ftcore.data.split import build_transforms
 from ftcore.core.errors import ConfigError
+from ftcore.data.split import build_transforms
 
 __all__ = ["PRESET_SETTINGS", "preset_transforms"]
 

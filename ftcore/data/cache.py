@@ -29,8 +29,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -174,7 +174,7 @@ class CacheEntryWriter:
         self._offset = 0
         self._fh = None
 
-    def __enter__(self) -> "CacheEntryWriter":
+    def __enter__(self) -> CacheEntryWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._fh = open(self._blob_tmp, "wb")
         return self

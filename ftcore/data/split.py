@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from ftcore.data.audit import AuditReport, audit_dataset, refusal_message, val_share
 from ftcore.core.config import DataConfig
 from ftcore.core.errors import DatasetError
+from ftcore.data.audit import AuditReport, audit_dataset, refusal_message, val_share
 from ftcore.data.images import IMAGE_SUFFIXES, decode_image
 from ftcore.data.scan import Layout, Problem, check_data_root, data_roots, find_layout
 

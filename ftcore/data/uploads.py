@@ -14,8 +14,8 @@ import secrets
 import shutil
 import stat
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 from ftcore.core.errors import DatasetError
 from ftcore.data.scan import is_junk

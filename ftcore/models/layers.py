@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from timm.models import group_parameters
+from torch import nn
 
 from ftcore.core.config import FreezeConfig, parse_unfreeze
 from ftcore.core.errors import ConfigError
@@ -66,7 +66,7 @@ class LayerGroup:
     index: int
     param_names: tuple[str, ...]
     n_params: int
-    parts: tuple["LayerGroup", ...] = ()
+    parts: tuple[LayerGroup, ...] = ()
 
     @property
     def is_head(self) -> bool:

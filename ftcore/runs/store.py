@@ -17,14 +17,14 @@ CLI and any number of Streamlit sessions can read and write concurrently
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -12,19 +12,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import nn
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ftcore.data.augment import preset_transforms
-from ftcore.models.backbones import build_model
-from ftcore.core.config import RunConfig, TrainConfig
-from ftcore.data.split import ArrayImageDataset, DatasetSplit, balanced_sampler, class_weights, prepare_split
 from ftcore.accel import bn_folded, compute_features, cut_applied, feature_bytes, find_prefix_cut, keep_freed_memory
+from ftcore.core.config import RunConfig, TrainConfig
+from ftcore.data.augment import preset_transforms
+from ftcore.data.split import ArrayImageDataset, DatasetSplit, balanced_sampler, class_weights, prepare_split
+from ftcore.models.backbones import build_model
 from ftcore.models.layers import apply_freeze, layer_groups, trainable_group_names
 from ftcore.train.loop import EpochEvent, FitResult, StepEvent, _to_device, evaluate, fit, pick_device
 

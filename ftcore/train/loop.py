@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from ftcore.core.config import EARLY_STOPPING_METRICS, TrainConfig
 from ftcore.core.errors import ConfigError, TrainingError
-from ftcore.models.layers import HEAD, LayerGroup, layer_groups, set_train_mode
 from ftcore.core.metrics import macro_recall
+from ftcore.models.layers import HEAD, LayerGroup, layer_groups, set_train_mode
 from ftcore.train.monitor import LayerStats
 
 __all__ = ["StepEvent", "EpochEvent", "FitResult", "fit", "evaluate", "pick_device"]
