@@ -8,6 +8,11 @@ the classes can be split, warns about imbalance, and returns an
 decoded arrays, and :func:`ftcore.data.split.split_from_audit` turns it into the
 run's :class:`~ftcore.data.split.DatasetSplit` without decoding again.
 
+This module reads and decodes (in threads, or from the decoded-image cache of
+:mod:`ftcore.data.cache`) and makes the thumbnails; the duplicate search is in
+:mod:`ftcore.data._duplicates`, the report and its summary of the classes in
+:mod:`ftcore.data._report`. Their public names are imported from here.
+
 Duplicates: byte-identical files share a BLAKE2b digest; near-identical ones
 (resized or re-compressed copies) have imagehash's 256-bit perceptual hashes
 (``imagehash.phash(hash_size=16)``: signs of the 16x16 low-frequency DCT of a
@@ -25,154 +30,38 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import time
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ftcore.core.errors import DatasetError
+from ftcore.data._duplicates import NEAR_BITS, resolve_duplicates
+from ftcore.data._report import (
+    IMBALANCE_FACTOR,
+    AuditItem,
+    AuditReport,
+    majority_accuracy,
+    refusal_message,
+    require_ok,
+    summarise,
+    val_share,
+)
 from ftcore.data.images import IMAGE_SUFFIXES, ImageDecodeError, read_and_decode
 from ftcore.data.scan import Problem, check_data_root, data_roots, find_layout
 
-__all__ = ["AuditItem", "AuditReport", "audit_dataset", "val_share", "IMBALANCE_FACTOR", "AUDIT_SIDE"]
+__all__ = ["AuditItem", "AuditReport", "audit_dataset", "val_share", "majority_accuracy", "refusal_message",
+           "require_ok", "IMBALANCE_FACTOR", "AUDIT_SIDE", "NEAR_BITS"]
 
 log = logging.getLogger(__name__)
 
-#: A warning is given when the largest class has more than this many times the images of the smallest.
-IMBALANCE_FACTOR = 3.0
 #: Shorter side in pixels that the audit decodes to when it keeps no images (thumbnails, hashes).
 AUDIT_SIDE = 64
 _THUMB = 64
-_COLOUR_TOL = 8.0
-#: Near-identical: 256-bit perceptual hashes at most this many bits apart (and mean colours within 8 levels).
-NEAR_BITS = 15
-
-
-def val_share(n: int, val_fraction: float) -> int:
-    """Validation images of a class of `n` in the stratified split: ``floor(f * n + 0.5)`` clamped to [1, n - 1]."""
-    return min(max(math.floor(val_fraction * n + 0.5), 1), n - 1)
-
-
-@dataclass
-class AuditItem:
-    """One file of the data and what the audit found.
-
-    Attributes
-    ----------
-    path : str
-    split : str
-        ``"all"`` (to be split), ``"train"`` or ``"val"``.
-    class_name : str
-    usable : bool
-        Decoded and not left out as a duplicate, conflict or leak.
-    sha : bytes or None
-        BLAKE2b-128 digest of the file's bytes.
-    phash : numpy.ndarray or None
-        256-bit perceptual hash as 4 uint64.
-    colour : numpy.ndarray or None
-        Mean RGB of the thumbnail, float, shape (3,).
-    array : numpy.ndarray or None
-        Decoded uint8 image of shape (height, width, 3) when kept.
-    thumb : numpy.ndarray or None
-        uint8 thumbnail, at most 64 pixels a side (dropped unless shown).
-    """
-
-    path: str
-    split: str
-    class_name: str
-    usable: bool = False
-    sha: bytes | None = None
-    phash: np.ndarray | None = None
-    colour: np.ndarray | None = None
-    array: np.ndarray | None = None
-    thumb: np.ndarray | None = None
-
-
-@dataclass
-class AuditReport:
-    """What :func:`audit_dataset` found.
-
-    Attributes
-    ----------
-    ok : bool
-        True when training can proceed (no problem has action ``refused``).
-    source : str
-        The path given (a folder or a zip).
-    root : str
-        The folder audited (inside a wrapper folder; the extraction folder of a zip).
-    layout : str
-        ``class_folders``, ``train_val``, ``separate_val``, ``images_at_root``,
-        or ``wrapper_folder`` when a wrapper was gone through.
-    split_layout : str
-        The layout inside the wrapper (``class_folders``, ``train_val``...).
-    class_names : list of str
-        Sorted classes with usable training images.
-    classes : dict
-        Class name to usable images: flat for ``class_folders``;
-        ``{"train": {...}, "val": {...}}`` when the data has splits.
-    problems : list of Problem
-    warnings : list of str
-    majority_accuracy : float or None
-        Validation accuracy, a fraction in [0, 1], of always answering the
-        class with the most training images.
-    imbalance : float or None
-        Largest over smallest training class count.
-    items : list of AuditItem
-    thumbnails : dict of str to numpy.ndarray
-        Small uint8 images of the files in problems and of a few per class.
-    val_fraction : float
-    seconds : float
-        Wall time of the audit.
-    """
-
-    ok: bool
-    source: str
-    root: str
-    layout: str
-    split_layout: str
-    class_names: list[str]
-    classes: dict
-    problems: list[Problem]
-    warnings: list[str]
-    majority_accuracy: float | None = None
-    imbalance: float | None = None
-    items: list[AuditItem] = field(default_factory=list)
-    thumbnails: dict[str, np.ndarray] = field(default_factory=dict)
-    val_fraction: float = 0.2
-    seconds: float = 0.0
-
-    def to_json(self) -> dict:
-        """The JSON object of ``python -m ftcore audit --json``: ok, layout, classes, problems, warnings."""
-        return {"ok": self.ok, "layout": self.layout, "classes": self.classes,
-                "problems": [p.__dict__ for p in self.problems], "warnings": list(self.warnings)}
-
-    def refusals(self) -> list[Problem]:
-        """Problems that stop training."""
-        return [p for p in self.problems if p.action == "refused"]
-
-    def split_counts(self) -> dict[str, dict[str, int]]:
-        """Usable images per class in the run's training and validation split (``{"train": .., "val": ..}``)."""
-        if self.split_layout != "class_folders":
-            return {s: dict(self.classes.get(s, {})) for s in ("train", "val")}
-        out: dict[str, dict[str, int]] = {"train": {}, "val": {}}
-        for c, n in self.classes.items():
-            v = val_share(n, self.val_fraction) if n >= 2 else 0
-            out["train"][c], out["val"][c] = n - v, v
-        return out
-
-    def samples(self, n: int = 4) -> dict[str, list[str]]:
-        """Up to `n` usable file paths per class, for thumbnails."""
-        out: dict[str, list[str]] = {c: [] for c in self.class_names}
-        for it in self.items:
-            if it.usable and it.split != "val" and it.class_name in out and len(out[it.class_name]) < n:
-                out[it.class_name].append(it.path)
-        return out
 
 
 def _thumbnail(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -287,8 +176,8 @@ def audit_dataset(
 
     arrays = _decode_all(items, side, keep_images, problems, progress, workers,
                          cache_folder(store) if cache else None)
-    _resolve_duplicates(items, problems)
-    rep = _summarise(str(path), layout, items, problems, val_fraction, imbalance_factor)
+    resolve_duplicates(items, problems)
+    rep = summarise(str(path), layout, items, problems, val_fraction, imbalance_factor)
     keep = {p.path for p in rep.problems} | {f for fs in rep.samples().values() for f in fs}
     for it in items:
         if it.path in keep:
@@ -343,6 +232,27 @@ def _record(it: AuditItem, status: str, fmt: str | None, notes, error, problems:
         problems.append(Problem(it.path, error[0], error[1], "skipped"))
 
 
+def _from_cache(items: list[AuditItem], cached: list, keep: bool, problems: list[Problem],
+                progress) -> dict[str, np.ndarray]:
+    """Take every item's facts (and array) from a decoded-image cache entry; return the arrays by path."""
+    n = len(items)
+    arrays: dict[str, np.ndarray] = {}
+    for i, (it, (arr, facts)) in enumerate(zip(items, cached)):
+        if "error" in facts:
+            _record(it, "error", None, (), facts["error"], problems)
+        else:
+            it.sha = bytes.fromhex(facts["sha"])
+            it.phash = np.frombuffer(bytes.fromhex(facts["phash"]), dtype=np.uint64).copy()
+            it.colour = np.asarray(facts["colour"], dtype=np.float64)
+            _record(it, "ok", facts["format"], facts["notes"], None, problems)
+            arrays[it.path] = arr
+            if keep:
+                it.array = arr
+        if progress is not None:
+            progress(i + 1, n)
+    return arrays
+
+
 def _decode_all(items, side, keep, problems, progress, workers, cache_dir=None) -> dict[str, np.ndarray]:
     """Decode every item once (or read it from the decoded-image cache); return arrays for thumbnails on a hit."""
     from ftcore.data.cache import CacheEntryWriter, cache_key, load_entry
@@ -354,20 +264,7 @@ def _decode_all(items, side, keep, problems, progress, workers, cache_dir=None) 
         log.warning("ignoring damaged decoded-image cache entry %s: facts missing or malformed", key[:12])
         cached = None
     if cached is not None:
-        arrays: dict[str, np.ndarray] = {}
-        for i, (it, (arr, facts)) in enumerate(zip(items, cached)):
-            if "error" in facts:
-                _record(it, "error", None, (), facts["error"], problems)
-            else:
-                it.sha = bytes.fromhex(facts["sha"])
-                it.phash = np.frombuffer(bytes.fromhex(facts["phash"]), dtype=np.uint64).copy()
-                it.colour = np.asarray(facts["colour"], dtype=np.float64)
-                _record(it, "ok", facts["format"], facts["notes"], None, problems)
-                arrays[it.path] = arr
-                if keep:
-                    it.array = arr
-            if progress is not None:
-                progress(i + 1, n)
+        arrays = _from_cache(items, cached, keep, problems, progress)
         log.info("read %d decoded files from the cache (%s)", n, key[:12])
         return arrays
     workers = workers or min(8, os.cpu_count() or 1)
@@ -419,181 +316,3 @@ def _decode_all(items, side, keep, problems, progress, workers, cache_dir=None) 
     return {}
 
 
-def _resolve_duplicates(items: list[AuditItem], problems: list[Problem]) -> None:
-    ok = [i for i, it in enumerate(items) if it.usable]
-    parent = {i: i for i in ok}
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        a, b = find(i), find(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-
-    by_sha: dict[bytes, int] = {}
-    for i in ok:
-        j = by_sha.setdefault(items[i].sha, i)
-        if j != i:
-            union(j, i)
-    if ok:
-        hashes = np.stack([items[i].phash for i in ok])
-        for a, b in _near_pairs(hashes, NEAR_BITS):
-            i, j = ok[a], ok[b]
-            if np.abs(items[i].colour - items[j].colour).max() <= _COLOUR_TOL:
-                union(i, j)
-    groups: dict[int, list[int]] = {}
-    for i in ok:
-        groups.setdefault(find(i), []).append(i)
-    order = {"all": 0, "train": 0, "val": 1}
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        members.sort(key=lambda i: (order[items[i].split], items[i].path))
-        first = items[members[0]]
-        same_bytes = all(items[i].sha == first.sha for i in members)
-        word = "byte-identical" if same_bytes else "near-identical (same perceptual hash)"
-        names = sorted({items[i].class_name for i in members})
-        if len(names) > 1:
-            where = ", ".join(f"'{items[i].class_name}' ({items[i].path})" for i in members)
-            for i in members:
-                items[i].usable = False
-                problems.append(Problem(items[i].path, "label_conflict", f"{word} copies of one image are in "
-                                        f"different classes: {where}; an image cannot be both, so all "
-                                        f"{len(members)} copies are left out. Keep it in its right class only.",
-                                        "skipped"))
-            continue
-        for i in members[1:]:
-            it = items[i]
-            it.usable = False
-            if it.split == "val" and first.split == "train":
-                problems.append(Problem(it.path, "leakage", f"{word} copy of the training image {first.path}: "
-                                        "dropped from validation, so no metric is measured on a training image",
-                                        "skipped"))
-            else:
-                problems.append(Problem(it.path, "duplicate", f"{word} copy of {first.path} in class "
-                                        f"'{it.class_name}': kept once", "skipped"))
-
-
-def _near_pairs(hashes: np.ndarray, max_bits: int) -> list[tuple[int, int]]:
-    """Index pairs whose 256-bit hashes differ in at most `max_bits` (< 16) bits.
-
-    Multi-index hashing (Norouzi et al., 2012): split each hash into 16
-    blocks of 16 bits; two hashes within 15 bits agree on at least one whole
-    block (pigeonhole), so only rows sharing a block value are compared.
-    """
-    blocks = hashes.view(np.uint16)
-    found: set[tuple[int, int]] = set()
-    for b in range(blocks.shape[1]):
-        order = np.argsort(blocks[:, b], kind="stable")
-        col = blocks[order, b]
-        cuts = np.flatnonzero(np.diff(col)) + 1
-        for idx in np.split(order, cuts):
-            if len(idx) < 2:
-                continue
-            h = hashes[idx]
-            d = np.bitwise_count(h[:, None, :] ^ h[None, :, :]).sum(-1)
-            for x, y in zip(*np.nonzero(np.triu(d <= max_bits, 1))):
-                found.add((int(idx[x]), int(idx[y])))
-    return sorted(found)
-
-
-def _summarise(source: str, layout, items: list[AuditItem], problems: list[Problem], val_fraction: float,
-               imbalance_factor: float) -> AuditReport:
-    warnings: list[str] = []
-    kind = layout.kind
-    has_splits = kind in ("train_val", "separate_val")
-    files: dict[str, dict[str, int]] = {}
-    usable: dict[str, dict[str, int]] = {}
-    for it in items:
-        files.setdefault(it.split, {}).setdefault(it.class_name, 0)
-        usable.setdefault(it.split, {}).setdefault(it.class_name, 0)
-        files[it.split][it.class_name] += 1
-        usable[it.split][it.class_name] += it.usable
-    tr = "train" if has_splits else "all"
-    train_counts = {c: n for c, n in sorted(usable.get(tr, {}).items()) if n > 0}
-    for split, counts in usable.items():
-        for c, n in counts.items():
-            if n == 0 and (split != "val" or c not in train_counts):
-                folder = str(Path(layout.splits[split].root) / c)
-                problems.append(Problem(folder, "empty_class", f"none of its {files[split][c]} files is a usable "
-                                        "image; not made a class", "ignored"))
-    names = sorted(train_counts)
-    val_counts = {c: n for c, n in usable.get("val", {}).items() if n > 0}
-    root = layout.root
-    if kind == "images_at_root":
-        pass  # the refusal is among the layout's problems
-    elif len(names) < 2:
-        found = f"found 1 ({names[0]})" if names else "found none"
-        problems.append(Problem(layout.splits[tr].root, "single_class", f"a classifier needs at least two class folders "
-                                f"with usable images; {found}. Put each class's images in its own sub-folder, e.g. "
-                                f"{Path(layout.splits[tr].root) / 'cats'}/*.jpg and "
-                                f"{Path(layout.splits[tr].root) / 'dogs'}/*.jpg.", "refused"))
-    if has_splits and names:
-        vroot = Path(layout.splits["val"].root)
-        for c in sorted(set(val_counts) - set(train_counts)):
-            problems.append(Problem(str(vroot / c), "class_mismatch", f"class '{c}' has validation images but no usable "
-                                    f"training image in {layout.splits['train'].root}; add training images for it "
-                                    "or remove it from validation", "refused"))
-        missing = [c for c in names if c not in val_counts]
-        for c in missing:
-            problems.append(Problem(str(Path(layout.splits["train"].root) / c), "class_mismatch",
-                                    f"class '{c}' has no usable validation image in {vroot}: it is trained but its "
-                                    "recall cannot be measured; add validation images for it", "kept"))
-        if missing:
-            warnings.append(f"classes without validation images: {', '.join(missing)}")
-        if len(names) >= 2 and not val_counts:
-            problems.append(Problem(str(vroot), "too_few", "no usable validation image; add images to the "
-                                    "validation folder", "refused"))
-    elif names:
-        need = max(2, math.ceil(1 / val_fraction))
-        for c in names:
-            if train_counts[c] < 2:
-                problems.append(Problem(str(Path(root) / c), "too_few", f"class '{c}' has {train_counts[c]} usable "
-                                        f"image; it needs at least 2 to appear in both training and validation "
-                                        f"(1 each), and {need} or more for a {val_fraction:.0%} validation share "
-                                        f"to hold one image by itself. Add images or remove the class folder.",
-                                        "refused"))
-    counts_val = ({c: val_counts.get(c, 0) for c in names} if has_splits
-                  else {c: val_share(n, val_fraction) if n >= 2 else 0 for c, n in train_counts.items()})
-    majority = imbalance = None
-    if len(names) >= 2:
-        big = max(names, key=lambda c: train_counts[c])
-        small = min(names, key=lambda c: train_counts[c])
-        imbalance = train_counts[big] / train_counts[small]
-        n_val = sum(counts_val.values())
-        majority = counts_val[big] / n_val if n_val else None
-        if imbalance > imbalance_factor:
-            acc = f"{majority:.2f}" if majority is not None else "n/a"
-            warnings.append(f"classes are imbalanced: '{big}' has {train_counts[big]} training images, '{small}' "
-                            f"{train_counts[small]} ({imbalance:.1f}x, above {imbalance_factor:g}x). Always answering "
-                            f"'{big}' scores {acc} validation accuracy; compare against that, watch macro recall, "
-                            "and consider a class-balanced loss or sampler (class_balance 'loss' or 'sampler').")
-    if layout.wrapper:
-        warnings.append(f"{layout.wrapper} only wraps {root}; its contents are used")
-    bad = [p for p in problems if p.action == "skipped"]
-    if bad:
-        kinds = sorted({p.kind for p in bad})
-        warnings.append(f"{len(bad)} files are left out ({', '.join(kinds)}); see problems")
-    classes = ({"train": {c: usable.get("train", {}).get(c, 0) for c in sorted(usable.get("train", {}))},
-                "val": {c: usable.get("val", {}).get(c, 0) for c in sorted(usable.get("val", {}))}}
-               if has_splits else dict(train_counts))
-    if has_splits:
-        classes = {s: {c: n for c, n in d.items() if n > 0} for s, d in classes.items()}
-    ok = not any(p.action == "refused" for p in problems)
-    return AuditReport(ok, source, root, "wrapper_folder" if layout.wrapper else kind, kind, names, classes,
-                       problems, warnings, majority, imbalance, items, val_fraction=val_fraction)
-
-
-def refusal_message(report: AuditReport) -> str:
-    """One message naming every refusal of a report, for a :class:`DatasetError`."""
-    return "; ".join(f"{p.path}: {p.message}" for p in report.refusals())
-
-
-def require_ok(report: AuditReport) -> None:
-    """Raise :class:`DatasetError` with every refusal when the report is not ok."""
-    if not report.ok:
-        raise DatasetError(refusal_message(report))

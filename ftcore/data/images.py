@@ -148,7 +148,8 @@ def decode_bytes(data: bytes, name: str = "image", max_short_side: int | None = 
         except ImageDecodeError:
             raise
         except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
-            raise ImageDecodeError("unreadable", name, f"{im.format or 'the'} data is corrupt or truncated ({e})") from e
+            reason = f"{im.format or 'the'} data is corrupt or truncated ({e})"
+            raise ImageDecodeError("unreadable", name, reason) from e
 
 
 def _unidentified(data: bytes, name: str) -> ImageDecodeError:

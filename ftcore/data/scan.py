@@ -26,7 +26,7 @@ from pathlib import Path
 from ftcore.core.errors import DatasetError
 
 __all__ = ["JUNK_NAMES", "DATA_ROOTS_ENV", "Problem", "ClassListing", "Layout", "is_junk", "list_class_folders",
-           "find_layout", "data_roots", "check_data_root"]
+           "unwrap", "find_layout", "data_roots", "check_data_root"]
 
 #: File and folder names that are never images or classes (OS and tool debris); dot-names are junk too.
 JUNK_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints", ".DS_Store", "__pycache__"})
@@ -242,6 +242,40 @@ def _visible(folder: Path) -> tuple[list[Path], list[Path]]:
     return sorted(e for e in entries if e.is_dir()), sorted(e for e in entries if not e.is_dir())
 
 
+def unwrap(folder: str | Path) -> tuple[Path, list[Path]]:
+    """Go down through single wrapper folders to the folder that holds the classes.
+
+    A folder wraps when, hidden entries and OS debris aside, it holds exactly
+    one folder and no file, and that folder holds a folder in turn: a zip of
+    ``pets/`` unpacks to ``dest/pets/{cats,dogs}``, whose classes are in
+    ``dest/pets``.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        An existing folder.
+
+    Returns
+    -------
+    root : pathlib.Path
+        The first folder, from `folder` down, that does not wrap.
+    wrappers : list of pathlib.Path
+        The folders gone through, outermost first (empty when `folder` is `root`).
+
+    Raises
+    ------
+    DatasetError
+        If a folder on the way cannot be read.
+    """
+    root, wrappers = Path(folder), []
+    dirs, files = _visible(root)
+    while len(dirs) == 1 and not files and _visible(dirs[0])[0]:
+        wrappers.append(root)
+        root = dirs[0]
+        dirs, files = _visible(root)
+    return root, wrappers
+
+
 def find_layout(path: str | Path, val_dir: str | Path | None = None, roots: list[Path] | None = None) -> Layout:
     """Find how a folder holds its classes and list the files of each split.
 
@@ -275,15 +309,11 @@ def find_layout(path: str | Path, val_dir: str | Path | None = None, roots: list
                                                   "val": list_class_folders(val_dir, "validation folder", roots)})
     if not root.is_dir():
         list_class_folders(root)  # raises, naming the path
-    problems: list[Problem] = []
-    wrapper = None
+    root, wrappers = unwrap(root)
+    problems = [Problem(str(w), "wrapper_folder", f"holds only the folder '{inner.name}': its sub-folders are used "
+                        f"({inner})", "used") for w, inner in zip(wrappers, [*wrappers[1:], root])]
+    wrapper = str(wrappers[0]) if wrappers else None
     dirs, files = _visible(root)
-    while len(dirs) == 1 and not files and _visible(dirs[0])[0]:
-        wrapper = wrapper or str(root)
-        problems.append(Problem(str(root), "wrapper_folder", f"holds only the folder '{dirs[0].name}': its "
-                                f"sub-folders are used ({dirs[0]})", "used"))
-        root = dirs[0]
-        dirs, files = _visible(root)
     names = {d.name: d for d in dirs}
     if "train" in names and (val := next((v for v in VAL_NAMES if v in names), None)):
         if val != "test" and "test" in names:

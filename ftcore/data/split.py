@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from ftcore.core.config import DataConfig
 from ftcore.core.errors import DatasetError
-from ftcore.data.audit import AuditReport, audit_dataset, refusal_message, val_share
+from ftcore.data.audit import AuditReport, audit_dataset, majority_accuracy, refusal_message, val_share
 from ftcore.data.images import IMAGE_SUFFIXES, decode_image
 from ftcore.data.scan import Layout, Problem, check_data_root, data_roots, find_layout
 
@@ -85,11 +85,13 @@ class DatasetSplit:
 
     @property
     def majority_accuracy(self) -> float:
-        """Validation accuracy, in [0, 1], of always answering the class with the most training images."""
-        if len(self.val_labels) == 0:
-            return 0.0
-        big = int(np.argmax(np.bincount(self.train_labels, minlength=len(self.class_names))))
-        return float(np.mean(self.val_labels == big))
+        """Validation accuracy, in [0, 1], of always answering the class with the most training images.
+
+        :func:`ftcore.data.audit.majority_accuracy` of :meth:`counts`; 0.0 without validation images.
+        """
+        counts = self.counts()
+        acc = majority_accuracy(counts["train"], counts["val"])
+        return 0.0 if acc is None else acc
 
 
 def split_from_audit(report: AuditReport, seed: int = 0) -> DatasetSplit:

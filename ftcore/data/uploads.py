@@ -18,9 +18,10 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from ftcore.core.errors import DatasetError
-from ftcore.data.scan import is_junk
+from ftcore.data.scan import unwrap
 
-__all__ = ["MAX_UPLOAD_BYTES", "MAX_UPLOAD_FILES", "save_uploaded_files", "extract_zip", "extract_zip_file", "class_root"]
+__all__ = ["MAX_UPLOAD_BYTES", "MAX_UPLOAD_FILES", "save_uploaded_files", "extract_zip", "extract_zip_file",
+           "class_root"]
 
 #: Cap on the unpacked size of one upload, in bytes (2 GiB).
 MAX_UPLOAD_BYTES = 2 * 1024**3
@@ -69,7 +70,8 @@ def save_uploaded_files(files: Iterable[tuple[str, bytes]], store_root: str | Pa
         for name, data in files:
             rel = _safe_relpath(name)
             if rel is None or "\x00" in name:
-                raise DatasetError(f"uploaded file name {name!r} is not a safe relative path; rename it and upload again.")
+                raise DatasetError(f"uploaded file name {name!r} is not a safe relative path; rename it and "
+                                   "upload again.")
             count += 1
             total += len(data)
             if count > MAX_UPLOAD_FILES or total > MAX_UPLOAD_BYTES:
@@ -85,7 +87,8 @@ def save_uploaded_files(files: Iterable[tuple[str, bytes]], store_root: str | Pa
         raise
     except (OSError, ValueError) as e:
         shutil.rmtree(dest, ignore_errors=True)
-        raise DatasetError(f"uploaded file {name!r} cannot be saved ({e}); nothing was kept. Rename it and upload again.") from e
+        raise DatasetError(f"uploaded file {name!r} cannot be saved ({e}); nothing was kept. Rename it and "
+                           "upload again.") from e
     return class_root(dest)
 
 
@@ -213,17 +216,9 @@ def _extract(zf: zipfile.ZipFile, name: str, make_dest) -> Path:
 
 
 def class_root(folder: str | Path) -> Path:
-    """Go down through single wrapper folders to the folder holding the classes.
+    """Go down through single wrapper folders to the folder holding the classes (:func:`ftcore.data.scan.unwrap`).
 
     A zip of ``pets/`` unpacks to ``dest/pets/{cats,dogs}``; this returns
     ``dest/pets``. Hidden entries and ``__MACOSX`` do not count.
     """
-    p = Path(folder)
-    while True:
-        entries = [e for e in p.iterdir() if not is_junk(e.name)]
-        if len(entries) == 1 and entries[0].is_dir():
-            sub = [e for e in entries[0].iterdir() if not is_junk(e.name)]
-            if any(e.is_dir() for e in sub):
-                p = entries[0]
-                continue
-        return p
+    return unwrap(folder)[0]
