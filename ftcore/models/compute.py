@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ftcore.models.backbones import meta_model
 from ftcore.models.layers import HEAD, LayerGroup, layer_groups, trainable_param_names
 
 __all__ = ["ComputeUnit", "ComputeProfile", "compute_profile", "describe_compute", "step_cost"]
@@ -158,13 +159,13 @@ def compute_profile(model: nn.Module, img_size: int, groups: list[LayerGroup] | 
 def describe_compute(model_name: str, img_size: int, num_classes: int = 2) -> ComputeProfile:
     """:func:`compute_profile` of a timm architecture built on the ``meta`` device (no weights).
 
+    Built by :func:`ftcore.models.backbones.meta_model`.
+
     Raises
     ------
     BackboneError
         If timm cannot build the model.
     """
-    from ftcore.models.layers import meta_model
-
     return compute_profile(meta_model(model_name, num_classes), img_size)
 
 
