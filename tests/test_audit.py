@@ -407,6 +407,14 @@ def test_imbalance_is_warned_with_the_majority_class_accuracy(tmp_path, store):
     assert any("imbalanced" in w for w in info["data_warnings"])
 
 
+
+def test_majority_accuracy_answers_the_first_of_the_largest_classes():
+    from ftcore.data.audit import majority_accuracy
+
+    assert majority_accuracy({"a": 5, "b": 9, "c": 9}, {"a": 1, "b": 2, "c": 3}) == pytest.approx(2 / 6)
+    assert majority_accuracy({"a": 5, "b": 9}, {"a": 4}) == 0.0  # the largest class has no validation image
+    assert majority_accuracy({"a": 5}, {}) is None and majority_accuracy({}, {"a": 1}) is None
+
 # -- duplicates and leakage ----------------------------------------------------------------------------
 
 def test_duplicates_within_a_class_are_kept_once(tmp_path, store):

@@ -120,6 +120,16 @@ def test_describe_backbone():
         describe_backbone("nope_net")
 
 
+def test_meta_model_builds_shapes_only_with_the_head_asked_for():
+    from ftcore.models.backbones import meta_model
+
+    model = meta_model("test_resnet", 3)
+    assert all(p.is_meta for p in model.parameters()) and model.get_classifier().out_features == 3
+    assert meta_model("test_resnet", None).get_classifier().out_features == 1000  # the architecture's default
+    with pytest.raises(BackboneError, match="timm cannot build 'nope_net'"):
+        meta_model("nope_net")
+
+
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_vit", "test_convnext"])
 def test_build_model_random(name):
     model, src = build_model(name, 3, "none")

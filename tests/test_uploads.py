@@ -8,7 +8,8 @@ import zipfile
 import pytest
 
 from ftcore.core.errors import DatasetError
-from ftcore.data.uploads import extract_zip, extract_zip_file, save_uploaded_files
+from ftcore.data.scan import find_layout, unwrap
+from ftcore.data.uploads import class_root, extract_zip, extract_zip_file, save_uploaded_files
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -25,6 +26,21 @@ def test_zip_with_a_wrapper_folder_and_macosx_unpacks_to_the_class_folders(tmp_p
     assert sorted(p.name for p in root.iterdir()) == ["cats", "dogs"]
     assert root.is_relative_to(tmp_path / "datasets")
     assert not list((tmp_path / "datasets").rglob("__MACOSX"))
+
+
+def test_one_wrapper_walk_serves_uploads_and_the_layout(tmp_path):
+    """class_root (uploads) and find_layout (scan) go through the same wrapper folders: scan.unwrap."""
+    for f in ("a/b/pets/cats/1.png", "a/b/pets/dogs/2.png", "a/.DS_Store", "a/b/__MACOSX/x"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"x")
+    root, wrappers = unwrap(tmp_path / "a")
+    assert root == tmp_path / "a/b/pets" and wrappers == [tmp_path / "a", tmp_path / "a/b"]
+    assert class_root(tmp_path / "a") == root
+    layout = find_layout(tmp_path / "a")
+    assert layout.root == str(root) and layout.wrapper == str(tmp_path / "a")
+    assert [(p.path, p.kind) for p in layout.problems] == [(str(w), "wrapper_folder") for w in wrappers]
+    assert "holds only the folder 'pets'" in layout.problems[1].message
+    assert unwrap(root) == (root, [])  # class folders hold files, not folders: not a wrapper
 
 
 @pytest.mark.parametrize("member", ["../evil.png", "/etc/evil.png", "a/../../evil.png"])
