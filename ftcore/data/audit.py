@@ -156,14 +156,7 @@ def audit_dataset(
         raise DatasetError(f"validation fraction {val_fraction!r} is outside (0, 1); use e.g. 0.2.")
     t0 = time.perf_counter()
     store = Path(store_root).expanduser().resolve() if store_root is not None else default_store_root().resolve()
-    src = Path(path).expanduser()
-    check_data_root(src, (store,))
-    if val_dir:
-        check_data_root(val_dir, (store,))
-    if src.is_file() and zipfile.is_zipfile(src):
-        from ftcore.data.uploads import extract_zip_file
-
-        src = extract_zip_file(src, store)
+    src = _source_folder(path, val_dir, store)
     roots = data_roots()
     layout = find_layout(src, val_dir, roots + [store] if roots else None)
     problems = list(layout.problems)
@@ -178,17 +171,35 @@ def audit_dataset(
                          cache_folder(store) if cache else None)
     resolve_duplicates(items, problems)
     rep = summarise(str(path), layout, items, problems, val_fraction, imbalance_factor)
+    _keep_thumbnails(rep, arrays)
+    rep.seconds = time.perf_counter() - t0
+    log.info("audited %d files of %s in %.2f s", len(items), path, rep.seconds)
+    return rep
+
+
+def _source_folder(path: str | Path, val_dir: str | Path | None, store: Path) -> Path:
+    """The folder to audit: `path`, or the store's extraction of a zip; both given paths checked against the roots."""
+    src = Path(path).expanduser()
+    check_data_root(src, (store,))
+    if val_dir:
+        check_data_root(val_dir, (store,))
+    if src.is_file() and zipfile.is_zipfile(src):
+        from ftcore.data.uploads import extract_zip_file
+
+        src = extract_zip_file(src, store)
+    return src
+
+
+def _keep_thumbnails(rep: AuditReport, arrays: dict[str, np.ndarray]) -> None:
+    """Put the thumbnails of the files in problems and of a few per class into the report; drop the others."""
     keep = {p.path for p in rep.problems} | {f for fs in rep.samples().values() for f in fs}
-    for it in items:
+    for it in rep.items:
         if it.path in keep:
             if it.thumb is None and it.path in arrays:
                 it.thumb = _thumbnail(arrays[it.path])[0]
             if it.thumb is not None:
                 rep.thumbnails[it.path] = it.thumb
         it.thumb = None
-    rep.seconds = time.perf_counter() - t0
-    log.info("audited %d files of %s in %.2f s", len(items), path, rep.seconds)
-    return rep
 
 
 def _facts(it: AuditItem, status: str, res) -> dict:

@@ -251,6 +251,45 @@ def describe_backbone(name: str) -> BackboneInfo:
     return BackboneInfo(name, n, size, resolve_weights(name))  # type: ignore[arg-type]
 
 
+def _require_obtainable(name: str, src: WeightsSource) -> None:
+    """Refuse a source that cannot give weights here: none known, or a download with no hub in reach."""
+    if src.kind == "none":
+        raise WeightsError(
+            f"no pretrained weights are known for '{name}'. Choose random initialisation explicitly "
+            "(weights='none'), give a weights file, or pick a backbone with pretrained weights."
+        )
+    if src.kind == "download" and not hub_reachable():
+        raise WeightsError(
+            f"pretrained weights for '{name}' must be downloaded from the Hugging Face hub ({src.location}), but "
+            "huggingface.co cannot be reached from this machine. Pick tf_efficientnet_lite0/1/2 (packaged "
+            "weights), give a local weights file, or choose random initialisation explicitly."
+        )
+
+
+def _create(name: str, src: WeightsSource, num_classes: int | None, size_kw: dict) -> nn.Module:
+    """timm's model with the weights of `src` and a head of `num_classes` (None: the pretrained head)."""
+    kw = {} if num_classes is None else {"num_classes": num_classes}
+    if src.kind in ("hf_cache", "download"):
+        try:
+            return timm.create_model(name, pretrained=True, **kw, **size_kw)
+        except Exception as e:
+            raise WeightsError(
+                f"could not get pretrained weights for '{name}' from {src.location}: {e}. "
+                "With no network, pick tf_efficientnet_lite0/1/2 (packaged weights), give a local weights "
+                "file, or choose random initialisation explicitly."
+            ) from e
+    if src.kind == "packaged":
+        model = timm.create_model(name, pretrained=False, **size_kw)
+        load_packaged(model, name, src.location)
+        if num_classes is not None:
+            model.reset_classifier(num_classes)
+        return model
+    model = timm.create_model(name, pretrained=False, **kw, **size_kw)
+    if src.kind == "file":
+        load_weights_file(model, src.location)
+    return model
+
+
 def build_model(
     name: str, num_classes: int | None, weights: str = "auto", img_size: int | None = None,
 ) -> tuple[nn.Module, WeightsSource]:
@@ -297,38 +336,9 @@ def build_model(
         default = tuple(cfg.input_size)[-1]
         if img_size != default:
             size_kw["img_size"] = img_size
-    if src.kind == "none":
-        raise WeightsError(
-            f"no pretrained weights are known for '{name}'. Choose random initialisation explicitly "
-            "(weights='none'), give a weights file, or pick a backbone with pretrained weights."
-        )
-    if src.kind == "download" and not hub_reachable():
-        raise WeightsError(
-            f"pretrained weights for '{name}' must be downloaded from the Hugging Face hub ({src.location}), but "
-            "huggingface.co cannot be reached from this machine. Pick tf_efficientnet_lite0/1/2 (packaged "
-            "weights), give a local weights file, or choose random initialisation explicitly."
-        )
+    _require_obtainable(name, src)
     try:
-        if src.kind in ("hf_cache", "download"):
-            try:
-                kw = {} if num_classes is None else {"num_classes": num_classes}
-                model = timm.create_model(name, pretrained=True, **kw, **size_kw)
-            except Exception as e:
-                raise WeightsError(
-                    f"could not get pretrained weights for '{name}' from {src.location}: {e}. "
-                    "With no network, pick tf_efficientnet_lite0/1/2 (packaged weights), give a local weights "
-                    "file, or choose random initialisation explicitly."
-                ) from e
-        elif src.kind == "packaged":
-            model = timm.create_model(name, pretrained=False, **size_kw)
-            load_packaged(model, name, src.location)
-            if num_classes is not None:
-                model.reset_classifier(num_classes)
-        else:
-            kw = {} if num_classes is None else {"num_classes": num_classes}
-            model = timm.create_model(name, pretrained=False, **kw, **size_kw)
-            if src.kind == "file":
-                load_weights_file(model, src.location)
+        model = _create(name, src, num_classes, size_kw)
     except (WeightsError, BackboneError):
         raise
     except TypeError as e:
