@@ -135,7 +135,7 @@ def _shifted_weight_grad(x: torch.Tensor, g: torch.Tensor, kh: int, kw: int,
 
 
 def _conv_backward(ctx, g, x, weight, groups):
-    """Gradients of a convolution (input, weight, bias), the depthwise weight gradient on small maps by shifted views."""
+    """Gradients of a convolution (input, weight, bias); on small maps the depthwise weight gradient by shifted views."""
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     kh, kw = weight.shape[-2:]
     shifted = (need_w and groups == weight.shape[0] and weight.shape[1] == 1 and max(kh, kw) > 3
@@ -172,7 +172,8 @@ class _Conv2dHardtanh(torch.autograd.Function):
         y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(padding), list(stride), [1, 1], groups,
                                                     "hardtanh", [lo, hi], "")
         ctx.save_for_backward(x, weight, y)
-        ctx.stride, ctx.padding, ctx.has_bias, ctx.groups, ctx.bounds = stride, padding, bias is not None, groups, (lo, hi)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        ctx.groups, ctx.bounds = groups, (lo, hi)
         return y
 
     @staticmethod
@@ -239,7 +240,7 @@ def conv2d_hardtanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      stride=1, padding=0) -> torch.Tensor:
-    """Depthwise 2-D convolution, ``F.conv2d(x, weight, bias, stride, padding, groups=channels)``, faster to train on a CPU.
+    """Depthwise 2-D convolution, ``F.conv2d(x, weight, bias, stride, padding, groups=C)``, faster to train on a CPU.
 
     The forward and the input gradient are PyTorch's; the weight gradient of
     a kernel larger than 3x3 on an output map of at most :data:`SMALL_MAP`

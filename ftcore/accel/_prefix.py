@@ -115,7 +115,8 @@ def _parent_names(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
 
 
-def find_prefix_cut(model: nn.Module, example: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-4) -> PrefixCut | None:
+def find_prefix_cut(model: nn.Module, example: torch.Tensor, rtol: float = 1e-4,
+                    atol: float = 1e-4) -> PrefixCut | None:
     """Find the deepest verified cut before the first trainable parameter.
 
     Parameters
@@ -136,7 +137,8 @@ def find_prefix_cut(model: nn.Module, example: torch.Tensor, rtol: float = 1e-4,
         trainable, or no candidate passes the check.
     """
     modules = dict(model.named_modules())
-    direct_trainable = {n for n, m in modules.items() if n and any(p.requires_grad for p in m.parameters(recurse=False))}
+    direct_trainable = {n for n, m in modules.items()
+                        if n and any(p.requires_grad for p in m.parameters(recurse=False))}
     if not direct_trainable:
         return None
     was_training = model.training
