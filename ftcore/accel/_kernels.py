@@ -135,7 +135,7 @@ def _shifted_weight_grad(x: torch.Tensor, g: torch.Tensor, kh: int, kw: int,
 
 
 def _conv_backward(ctx, g, x, weight, groups):
-    """Gradients of a convolution (input, weight, bias); on small maps the depthwise weight gradient by shifted views."""
+    """Gradients of a convolution (input, weight, bias); on small maps the depthwise weight gradient from shifts."""
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     kh, kw = weight.shape[-2:]
     shifted = (need_w and groups == weight.shape[0] and weight.shape[1] == 1 and max(kh, kw) > 3
