@@ -33,11 +33,16 @@ __all__ = ["main", "build_parser", "config_from_args", "add_option", "option_key
 
 
 def option_keys() -> dict[str, tuple[str, str]]:
-    """Command-line option (argparse dest) -> (configuration section, key), derived from the field list.
+    """The ``train`` options and the configuration fields they set, derived from the field list.
 
     Every field of :data:`ftcore.SECTIONS` with a flag has one option; its
     dest is argparse's name for the flag (``--no-baseline`` ->
     ``no_baseline``, ``--patience`` -> ``patience``).
+
+    Returns
+    -------
+    dict of str to (str, str)
+        Option dest -> (configuration section, key), e.g. ``"patience": ("train", "early_stopping_patience")``.
     """
     return {_dest(spec.flag): (section, name) for section, klass in SECTIONS.items()
             for name, spec in field_specs(klass).items() if spec.flag}

@@ -24,7 +24,19 @@ STEPS = {"backbone": "1. Backbone", "layers": "2. Layers", "data": "3. Data", "t
 
 
 def step(url_path: str) -> st.Page:
-    """The page of a step, for ``st.navigation`` and ``st.page_link``: its ``render`` function, title and URL."""
+    """The page of a step, for ``st.navigation`` (``app.py``) and ``st.page_link`` (the next-step links).
+
+    Parameters
+    ----------
+    url_path : str
+        A key of :data:`STEPS` (``"train"``).
+
+    Returns
+    -------
+    streamlit.navigation.page.StreamlitPage
+        ``st.Page`` of the function ``render`` of ``pages/<url_path>.py``, with
+        the step's title, at ``/<url_path>``; the first step is the default page.
+    """
     module = importlib.import_module(f"pages.{url_path}")
     return st.Page(module.render, title=STEPS[url_path], url_path=url_path, default=url_path == next(iter(STEPS)))
 

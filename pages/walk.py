@@ -114,7 +114,15 @@ def _widget_value(name: str, value: Any) -> Any:
 
 
 def load_config(cfg: RunConfig) -> None:
-    """Make a run configuration the walk's choices (and the values of the widgets that edit them)."""
+    """Make a run configuration the walk's choices (and the values of the widgets that edit them).
+
+    Parameters
+    ----------
+    cfg : ftcore.RunConfig
+        A past run's configuration or a loaded ``config.json``; every training
+        setting is taken, also those without a widget (``num_workers``,
+        ``channels_last``), so that the run can be repeated as it was.
+    """
     w = walk()
     t = cfg.train
     w.backbone, w.weights, w.unfreeze = cfg.backbone.name, cfg.backbone.weights, cfg.freeze.unfreeze
@@ -144,6 +152,18 @@ def widget_key(name: str, value: Any) -> str:
     user's next change). Streamlit forgets a widget's key when its page is
     left, so it is seeded again from the walk on return; the page copies the
     widget's value back into the walk.
+
+    Parameters
+    ----------
+    name : str
+        The walk state the widget edits (``"epochs"``, ``"data_source"``).
+    value : object
+        Its value in the walk, the widget's value when it has none yet.
+
+    Returns
+    -------
+    str
+        The widget's key, ``"w_<name>"``.
     """
     wk = f"w_{name}"
     if wk not in st.session_state:

@@ -178,6 +178,22 @@ def bad_value(key: str, spec: FieldSpec, allowed: str, value: Any) -> ConfigErro
     usual value is 1e-3 (AdamW).`` after scikit-learn's
     ``InvalidParameterError``: the key the user edits, its flag, what is
     allowed, what was given, and the spec's hint.
+
+    Parameters
+    ----------
+    key : str
+        The field's name (the key of ``config.json``).
+    spec : FieldSpec
+        Its metadata (flag and hint).
+    allowed : str
+        What the field takes, e.g. ``spec.allowed()``.
+    value : object
+        The value given; ``dataclasses.MISSING`` when none was.
+
+    Returns
+    -------
+    ConfigError
+        The error, not raised.
     """
     flag = f" ({spec.flag})" if spec.flag else ""
     got = "nothing" if value is dataclasses.MISSING else repr(value)
@@ -186,15 +202,37 @@ def bad_value(key: str, spec: FieldSpec, allowed: str, value: Any) -> ConfigErro
 
 
 def setting(default: Any = dataclasses.MISSING, **spec: Any) -> Any:
-    """A dataclass field with its :class:`FieldSpec` (``metadata["spec"]``); keyword arguments go to FieldSpec.
+    """Declare a configuration field with its metadata: ``lr: float = setting(1e-3, label=..., flag="--lr", ...)``.
 
-    Without `default` the field is required.
+    Parameters
+    ----------
+    default : object, optional
+        The field's default; without it the field is required.
+    **spec
+        The :class:`FieldSpec` (``label``, ``help``, ``flag``, ``kind``,
+        ``low``, ``high``, ``closed``, ``choices``, ...).
+
+    Returns
+    -------
+    dataclasses.Field
+        A field whose ``metadata["spec"]`` is the FieldSpec.
     """
     return dataclasses.field(default=default, metadata={"spec": FieldSpec(**spec)})
 
 
 def field_specs(cls: type) -> dict[str, FieldSpec]:
-    """Field name -> :class:`FieldSpec` of a configuration dataclass (class or instance), in field order."""
+    """The metadata of every field of a configuration dataclass.
+
+    Parameters
+    ----------
+    cls : type or dataclass instance
+        E.g. :class:`ftcore.core.config.TrainConfig`.
+
+    Returns
+    -------
+    dict of str to FieldSpec
+        Field name -> its :class:`FieldSpec`, in field order (fields without one are left out).
+    """
     return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls) if "spec" in f.metadata}
 
 
