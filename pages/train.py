@@ -53,25 +53,13 @@ def render() -> None:
             f"**unfreeze** {describe_unfreeze(w.unfreeze)} · **data** {w.data_label or 'not chosen yet'}"
         )
         train_cfg, cfg = _settings(w, ready)
-        try:
-            st.caption(f"Device for this run: {device_summary(w.train['device'])}.")
-        except FtcoreError as e:
-            st.warning(str(e))
-        if train_cfg is not None:
-            learning_rates(w, train_cfg)
-        if not ready:
-            st.info("Choose the images in step 3 first.")
-            st.page_link(step("data"), label="Go to 3. Data", icon=":material/arrow_back:")
         busy = latest_active_run(store)
         # The live view below reruns the page when this run ends, so that Start is enabled again.
         w.busy_when_drawn = busy.run_id if busy is not None else None
-        if busy is not None:
-            if busy.run_id == current_run_id():
-                st.info("The run below is training. One run at a time shares this machine's processors: the next "
-                        "one can start when it ends (or after Cancel).")
-            else:
-                st.info(f"Run {busy.run_id} is still training. One run at a time shares this machine's processors: "
-                        "cancel it below or wait for it to finish.")
+        # One container for what comes and goes (errors, notices), so that the buttons below keep their place in
+        # the page: a rerun then updates the Start button instead of drawing a second one beside the stale one.
+        with st.container():
+            _notices(w, train_cfg, ready, busy)
         b1, b2 = st.columns([1, 1])
         start = b1.button("Start training", type="primary", disabled=not ready or busy is not None or cfg is None)
         if cfg is not None:
@@ -87,6 +75,26 @@ def render() -> None:
             st.query_params["run"] = run_id
             st.rerun()
     _follow(store)
+
+
+def _notices(w: Walk, train_cfg: TrainConfig | None, ready: bool, busy) -> None:
+    """The device, the learning rates, and what stands in the way of a start (no data, a run training)."""
+    try:
+        st.caption(f"Device for this run: {device_summary(w.train['device'])}.")
+    except FtcoreError as e:
+        st.warning(str(e))
+    if train_cfg is not None:
+        learning_rates(w, train_cfg)
+    if not ready:
+        st.info("Choose the images in step 3 first.")
+        st.page_link(step("data"), label="Go to 3. Data", icon=":material/arrow_back:")
+    if busy is not None:
+        if busy.run_id == current_run_id():
+            st.info("The run below is training. One run at a time shares this machine's processors: the next "
+                    "one can start when it ends (or after Cancel).")
+        else:
+            st.info(f"Run {busy.run_id} is still training. One run at a time shares this machine's processors: "
+                    "cancel it below or wait for it to finish.")
 
 
 def _load_section(store) -> None:
@@ -129,11 +137,12 @@ def _settings(w: Walk, ready: bool) -> tuple[TrainConfig | None, RunConfig | Non
     setting_input(st, "baseline", "checkbox")
     with st.expander("More settings"):
         _more_settings(w)
-    try:
-        return TrainConfig(**w.train), (w.run_config() if ready else None)
-    except FtcoreError as e:
-        st.error(str(e))
-        return None, None
+    with st.container():  # a refusal comes and goes here without moving what follows
+        try:
+            return TrainConfig(**w.train), (w.run_config() if ready else None)
+        except FtcoreError as e:
+            st.error(str(e))
+            return None, None
 
 
 def _more_settings(w: Walk) -> None:
