@@ -42,7 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ftcore.core.config import AUGMENT_PRESETS  # noqa: E402 - after the path insert
+from ftcore.cli import add_option  # noqa: E402 - after the path insert
+from ftcore.core.config import TrainConfig  # noqa: E402
 
 SETTINGS = {"head only": "head", "last 2 groups": "last:2", "all": "all"}
 
@@ -156,7 +157,7 @@ def run_product(a: argparse.Namespace) -> dict:
         data=DataConfig(train_dir=a.data, val_fraction=a.val_fraction),
         train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, backbone_lr_scale=a.backbone_lr_scale,
                           img_size=a.img_size, baseline=False, seed=a.seed, num_workers=a.workers,
-                          feature_cache=not a.no_feature_cache, channels_last=not a.no_channels_last,
+                          feature_cache=a.feature_cache, channels_last=a.channels_last,
                           augment=a.augment),
     )
     store = RunStore(a.store)
@@ -196,7 +197,7 @@ def _one(kind: str, a: argparse.Namespace, unfreeze: str) -> dict:
            "--lr", str(a.lr), "--backbone-lr-scale", str(a.backbone_lr_scale), "--seed", str(a.seed),
            "--val-fraction", str(a.val_fraction), "--workers", str(a.workers), "--store", a.store,
            "--split-file", a.split_file, "--augment", a.augment]
-    cmd += ["--no-feature-cache"] * a.no_feature_cache + ["--no-channels-last"] * a.no_channels_last
+    cmd += ["--no-feature-cache"] * (not a.feature_cache) + ["--no-channels-last"] * (not a.channels_last)
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if p.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{p.stderr[-3000:]}")
@@ -215,32 +216,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10" / "train"),
                    help="folder with one sub-folder per class (default ../shared/data/cifar10/train)")
     p.add_argument("--per-class", type=int, default=0, help="use only the first N images of each class (0: all)")
-    p.add_argument("--model", default="tf_efficientnet_lite0")
-    p.add_argument("--img-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=3, help="epochs per run, >= 2 (the first is not timed)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--backbone-lr-scale", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--workers", type=int, default=0)
+    # The training options shared with `python -m ftcore train` take their flag, type, choices and help from the
+    # configuration's field list; the defaults are the benchmark's own.
+    for section, name, default in (("backbone", "name", "tf_efficientnet_lite0"), ("train", "img_size", 128),
+                                   ("train", "epochs", 3), ("train", "batch_size", 32), ("train", "lr", 1e-3),
+                                   ("train", "backbone_lr_scale", 0.1), ("train", "seed", 0),
+                                   ("data", "val_fraction", 0.2), ("train", "num_workers", 0),
+                                   ("train", "augment", TrainConfig().augment)):
+        opt = add_option(p, section, name, default=default)
+        if name == "epochs":
+            opt.help = "epochs per run, >= 2 (the first is not timed) (default: %(default)s)"
+        if name == "augment":
+            opt.help += "; 'none' makes the product's frozen-prefix path the same computation as the reference's"
+    for name in ("feature_cache", "channels_last"):  # the product without its frozen-prefix cache / channels_last
+        add_option(p, "train", name, default=True, dest=name)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of: " + ", ".join(SETTINGS))
-    p.add_argument("--augment", default=None, choices=AUGMENT_PRESETS,
-                   help="augmentation preset of both loops (default: the product's default, light); 'none' makes the "
-                        "product's frozen-prefix path the same computation as the reference's")
-    p.add_argument("--no-feature-cache", action="store_true", help="product without the frozen-prefix cache")
-    p.add_argument("--no-channels-last", action="store_true", help="product without channels_last")
     p.add_argument("--json", default=None, help="also write all raw results to this file")
     p.add_argument("--one", choices=["reference", "product"], help=argparse.SUPPRESS)
     p.add_argument("--unfreeze", default="all", help=argparse.SUPPRESS)
     p.add_argument("--store", default=None, help=argparse.SUPPRESS)
     p.add_argument("--split-file", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.augment is None:
-        from ftcore.core.config import TrainConfig
-
-        a.augment = TrainConfig().augment  # the product's default
     if a.one:
         print(json.dumps(run_reference(a) if a.one == "reference" else run_product(a)))
         return 0

@@ -36,7 +36,8 @@ _API = {
     "DataConfig": "ftcore.core.config", "TrainConfig": "ftcore.core.config",
     "DEFAULT_BACKBONE": "ftcore.core.config", "AUGMENT_PRESETS": "ftcore.core.config",
     "CLASS_BALANCE": "ftcore.core.config", "DEVICES": "ftcore.core.config",
-    "EARLY_STOPPING_METRICS": "ftcore.core.config",
+    "EARLY_STOPPING_METRICS": "ftcore.core.config", "SECTIONS": "ftcore.core.config",
+    "FieldSpec": "ftcore.core.fields", "field_spec": "ftcore.core.fields", "field_specs": "ftcore.core.fields",
     "default_store_root": "ftcore.core.paths",
     # models
     "list_backbones": "ftcore.models.backbones", "describe_backbone": "ftcore.models.backbones",

@@ -11,6 +11,7 @@ arguments, 130 cancelled with Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -20,31 +21,83 @@ import time
 from pathlib import Path
 
 from ftcore import (
-    AUGMENT_PRESETS,
-    CLASS_BALANCE,
-    DEVICES,
-    EARLY_STOPPING_METRICS,
+    SECTIONS,
     ConfigError,
     DatasetError,
     FtcoreError,
     RunConfig,
+    field_specs,
 )
 
-__all__ = ["main", "build_parser", "config_from_args"]
+__all__ = ["main", "build_parser", "config_from_args", "add_option", "option_keys"]
 
-#: Command-line option (argparse dest) -> (configuration section, key).
-_OPTION_KEYS = {
-    "data": ("data", "train_dir"), "val": ("data", "val_dir"), "val_fraction": ("data", "val_fraction"),
-    "model": ("backbone", "name"), "weights": ("backbone", "weights"), "unfreeze": ("freeze", "unfreeze"),
-    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
-    "backbone_lr_scale": ("train", "backbone_lr_scale"), "layer_decay": ("train", "layer_decay"),
-    "warmup_epochs": ("train", "warmup_epochs"), "unfreeze_after": ("train", "unfreeze_after"),
-    "augment": ("train", "augment"), "label_smoothing": ("train", "label_smoothing"),
-    "weight_decay": ("train", "weight_decay"), "patience": ("train", "early_stopping_patience"),
-    "early_stopping_metric": ("train", "early_stopping_metric"), "update_bn": ("train", "update_bn"),
-    "img_size": ("train", "img_size"), "seed": ("train", "seed"), "device": ("train", "device"),
-    "workers": ("train", "num_workers"), "class_balance": ("train", "class_balance"),
-}
+
+def option_keys() -> dict[str, tuple[str, str]]:
+    """The ``train`` options and the configuration fields they set, derived from the field list.
+
+    Every field of :data:`ftcore.SECTIONS` with a flag has one option; its
+    dest is argparse's name for the flag (``--no-baseline`` ->
+    ``no_baseline``, ``--patience`` -> ``patience``).
+
+    Returns
+    -------
+    dict of str to (str, str)
+        Option dest -> (configuration section, key), e.g. ``"patience": ("train", "early_stopping_patience")``.
+    """
+    return {_dest(spec.flag): (section, name) for section, klass in SECTIONS.items()
+            for name, spec in field_specs(klass).items() if spec.flag}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def add_option(parser: argparse.ArgumentParser, section: str, name: str, *, default: object = None,
+               dest: str | None = None) -> argparse.Action:
+    """Add the option of configuration field `section`.`name` to `parser`, from the field's metadata.
+
+    The flag, type, choices, metavar and help come from its
+    :class:`~ftcore.core.fields.FieldSpec`; the help ends with the field's
+    default, ``(default: 3)``. A bool field's flag turns it to the opposite
+    of its default (``--no-baseline`` stores False).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        Where to add the option.
+    section, name : str
+        The configuration section (``"train"``) and field (``"lr"``).
+    default : object, default None
+        The option's value when it is not given, shown in the help; None
+        lets a ``--config`` file or the field's default decide, and shows
+        the field's default.
+    dest : str or None, default None
+        The attribute on the parsed namespace; None: argparse's name for the flag.
+
+    Returns
+    -------
+    argparse.Action
+        The option added.
+    """
+    f = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+    spec = f.metadata["spec"]
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    shown = "required unless --config gives it" if required else spec.shown_default(f.default)
+    text = spec.help
+    if spec.kind == "bool":
+        text = f"{text}; this flag turns it {'off' if f.default else 'on'}"
+    # A given default is the one shown (argparse fills in %(default)s); else the field's, which applies.
+    shown = "%(default)s" if default is not None else shown.replace("%", "%%")
+    kw: dict = {"default": default, "help": f"{text.replace('%', '%%')} (default: {shown})"}
+    if dest is not None:
+        kw["dest"] = dest
+    if spec.kind == "bool":
+        kw.update(action="store_const", const=not f.default)
+    else:
+        kw.update(type={"int": int, "float": float}.get(spec.kind, str), metavar=spec.metavar)
+        if spec.choices:
+            kw["choices"] = spec.choices
+    return parser.add_argument(spec.flag, **kw)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -52,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
     Options left out (None) keep the file's value, or the default when there
     is no file. The file may lack sections or keys (e.g. the data folder,
-    given with --data); the merged result is validated. ``--no-baseline`` sets ``train.baseline`` to False.
+    given with --data); the merged result is validated.
 
     Raises
     ------
@@ -68,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"run configuration {args.config} is not a JSON object with sections backbone, freeze, "
                               "data and train.")
-    for dest, (section, key) in _OPTION_KEYS.items():
+    for dest, (section, key) in option_keys().items():
         value = getattr(args, dest, None)
         if value is not None:
             if d.get(section) is None:
@@ -77,10 +130,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 raise ConfigError(f"section '{section}' of {args.config} is {d[section]!r}; it must be an object of "
                                   "settings.")
             d[section][key] = value
-    if args.no_baseline:
-        d.setdefault("train", {})["baseline"] = False
-    if getattr(args, "no_feature_cache", None):
-        d.setdefault("train", {})["feature_cache"] = False
     return RunConfig.from_dict(d)
 
 
@@ -92,7 +141,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m ftcore``."""
+    """The argument parser of ``python -m ftcore``; the ``train`` options come from the configuration's field list."""
     p = _Parser(prog="python -m ftcore", description="Guided fine-tuning of timm image classifiers, headless.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train the frozen baseline and the fine-tuned model on an image folder",
@@ -100,57 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
                                    "file, or are the defaults shown.")
     t.add_argument("--config", default=None, metavar="FILE",
                    help="a run configuration (config.json of an earlier run, or one saved from the dashboard)")
-    t.add_argument("--data", default=None, help="folder with one sub-folder per class (or train/ and val/)")
-    t.add_argument("--val", default=None, help="separate validation folder (one sub-folder per class)")
-    t.add_argument("--val-fraction", type=float, default=None, help="held-out share per class when splitting (default 0.2)")
-    t.add_argument("--model", default=None, help="timm backbone name (default tf_efficientnet_lite0)")
-    t.add_argument("--weights", default=None, help="auto | FILE | none (random initialisation) (default auto)")
-    t.add_argument("--unfreeze", default=None,
-                   help="head | all | last:N | groups:NAME,NAME (layer groups or their sub-blocks) (default all)")
-    t.add_argument("--epochs", type=int, default=None, help="(default 3)")
-    t.add_argument("--batch-size", type=int, default=None, help="(default 32)")
-    t.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate of the head (default 1e-3)")
-    t.add_argument("--backbone-lr-scale", type=float, default=None,
-                   help="unfrozen backbone groups learn at lr times this (default 0.1)")
-    t.add_argument("--layer-decay", type=float, default=None,
-                   help="layer-wise learning-rate decay: a group d groups before the head learns at lr * decay**d "
-                        "(replaces --backbone-lr-scale; 0.75 is usual)")
-    t.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up before the cosine decay (default 0)")
-    t.add_argument("--unfreeze-after", type=int, default=None,
-                   help="gradual unfreezing: train the head alone for this many epochs first (default 0)")
-    t.add_argument("--augment", choices=AUGMENT_PRESETS, default=None, help="augmentation preset (default light)")
-    t.add_argument("--label-smoothing", type=float, default=None, help="(default 0)")
-    t.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0.01)")
-    t.add_argument("--patience", type=int, default=None,
-                   help="early stopping: epochs without improvement before stopping; 0 is off (default 0)")
-    t.add_argument("--early-stopping-metric", choices=tuple(EARLY_STOPPING_METRICS), default=None,
-                   help="(default val_loss)")
-    t.add_argument("--update-bn", action="store_const", const=True, default=None,
-                   help="let BatchNorm in unfrozen groups update its running statistics (default: kept)")
-    t.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
-    t.add_argument("--seed", type=int, default=None, help="(default 0)")
-    t.add_argument("--device", choices=DEVICES, default=None, help="(default auto: CUDA, else MPS, else the CPU)")
-    t.add_argument("--workers", type=int, default=None, help="data-loader worker processes (default 0)")
-    t.add_argument("--no-baseline", action="store_const", const=True, default=None,
-                   help="skip the frozen baseline")
-    t.add_argument("--no-feature-cache", action="store_const", const=True, default=None,
-                   help="run every layer each epoch instead of computing the frozen layers once (keeps fresh "
-                        "augmentation before the first unfrozen group; slower)")
-    t.add_argument("--class-balance", choices=CLASS_BALANCE, default=None,
-                   help="for imbalanced classes: none, loss (class-weighted cross-entropy) or sampler (classes "
-                        "drawn equally often) (default none)")
+    for section, klass in SECTIONS.items():
+        for name, spec in field_specs(klass).items():
+            if spec.flag:
+                add_option(t, section, name)
     t.add_argument("--store", default=None, help="run store folder (default $FTCORE_HOME or ~/.ftcore)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     a = sub.add_parser("audit", help="read every image of a folder or zip once and say what training can use")
     a.add_argument("path", help="folder (one sub-folder per class, or train/ and val/) or a .zip of one")
-    a.add_argument("--val", default=None, help="separate validation folder")
-    a.add_argument("--val-fraction", type=float, default=0.2, help="held-out share per class when splitting (default 0.2)")
+    add_option(a, "data", "val_dir")
+    add_option(a, "data", "val_fraction", default=_field_default("data", "val_fraction"))
     a.add_argument("--store", default=None, help="run store folder a zip is extracted into (default $FTCORE_HOME)")
     a.add_argument("--json", action="store_true", help="print one JSON object: ok, layout, classes, problems, warnings")
     w = sub.add_parser("worker", help=argparse.SUPPRESS)
     w.add_argument("--store", default=None)
     w.add_argument("run_id")
     return p
+
+
+def _field_default(section: str, name: str) -> object:
+    return next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
 
 
 def _train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -256,8 +274,10 @@ def _audit(args: argparse.Namespace) -> int:
     """``python -m ftcore audit``: exit 0 when training can proceed, 1 when not, 2 for bad arguments."""
     from ftcore import audit_dataset
 
-    if not 0.0 < args.val_fraction < 1.0:
-        print(f"python -m ftcore audit: error: --val-fraction {args.val_fraction} is not in (0, 1)", file=sys.stderr)
+    try:
+        field_specs(SECTIONS["data"])["val_fraction"].check("val_fraction", args.val_fraction)
+    except ConfigError as e:
+        print(f"python -m ftcore audit: error: {e}", file=sys.stderr)
         return 2
     state = {"last": time.monotonic()}
 

@@ -63,3 +63,9 @@ def compute_bars(df: pd.DataFrame) -> go.Figure:
     fig.update_layout(height=max(240, 28 * len(df)), margin=dict(l=0, r=0, t=10, b=0), legend_title_text="")
     fig.update_xaxes(tickformat=".0%")
     return fig
+
+
+if __name__ == "__main__":  # run as a script by Streamlit's pages/ folder mode (/charts): see pages.common
+    from pages.common import route_through_app
+
+    route_through_app()

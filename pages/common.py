@@ -1,124 +1,95 @@
-"""Shared UI helpers for the pages: the run store, the walk's state, the sidebar.
+"""Shared UI helpers of the pages: the steps of the walk, the run store, the sidebar, formatting.
 
-UI only: everything computed comes from ftcore.
+UI only: everything computed comes from ftcore. The walk's state is in
+:mod:`pages.walk`.
 """
 
 from __future__ import annotations
 
-import sys
+import importlib
+import runpy
 import time
 from pathlib import Path
 
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 
-from ftcore import DEFAULT_BACKBONE, FtcoreError, RunConfig, RunStore, TrainConfig, latest_active_run, refresh
+from ftcore import FtcoreError, RunStore, latest_active_run, refresh
+from pages.walk import load_config, walk
 
-_APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-#: The walk's choices, kept across pages in st.session_state (not widget keys,
-#: which Streamlit forgets when a page stops showing the widget).
-DEFAULTS = {
-    "backbone": DEFAULT_BACKBONE,
-    "weights": "auto",
-    "unfreeze": "all",
-    "data_dir": None,
-    "val_dir": None,
-    "val_fraction": 0.2,
-    "data_label": None,
-}
-#: Training settings of the train page, walk state too (defaults from TrainConfig); the learning-rate mode and
-#: the layer-decay value are the two widgets behind TrainConfig.layer_decay.
-TRAIN_FIELDS = ("epochs", "batch_size", "lr", "backbone_lr_scale", "update_bn", "baseline", "seed", "weight_decay",
-                "warmup_epochs", "unfreeze_after", "augment", "label_smoothing", "early_stopping_patience",
-                "early_stopping_metric", "device", "feature_cache", "class_balance")
-DEFAULTS.update({k: getattr(TrainConfig(), k) for k in TRAIN_FIELDS})
-DEFAULTS.update(lr_mode="head and backbone", layer_decay_value=0.75)
+APP = Path(__file__).resolve().parent.parent / "app.py"
+#: The steps of the walk, in order: URL path -> title. Step ``x`` is the function ``render()`` of ``pages/x.py``,
+#: at ``/x`` (the first, the default page, at ``/``).
+STEPS = {"backbone": "1. Backbone", "layers": "2. Layers", "data": "3. Data", "train": "4. Train",
+         "compare": "5. Compare"}
 
 
-class PageHalt(Exception):
-    """Raised by :func:`halt`; ``app.py`` catches it after the page and still draws the sidebar."""
+def step(url_path: str) -> st.Page:
+    """The page of a step, for ``st.navigation`` (``app.py``) and ``st.page_link`` (the next-step links).
 
+    Parameters
+    ----------
+    url_path : str
+        A key of :data:`STEPS` (``"train"``).
 
-def halt() -> None:
-    """End the page here, like ``st.stop()``, but let ``app.py`` finish the shared sidebar.
-
-    ``st.stop()`` stops the whole script run, so nothing drawn after the page
-    (the sidebar) would appear. A page run without ``app.py`` (Streamlit's
-    own page runner) falls back to ``st.stop()``.
+    Returns
+    -------
+    streamlit.navigation.page.StreamlitPage
+        ``st.Page`` of the function ``render`` of ``pages/<url_path>.py``, with
+        the step's title, at ``/<url_path>``; the first step is the default page.
     """
-    if _routed():
-        raise PageHalt()
-    st.stop()
+    module = importlib.import_module(f"pages.{url_path}")
+    return st.Page(module.render, title=STEPS[url_path], url_path=url_path, default=url_path == next(iter(STEPS)))
 
 
-def _routed() -> bool:
-    """Whether this script run goes through ``app.py`` (it is on the call stack)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_filename == _APP:
-            return True
-        frame = frame.f_back
-    return False
+def route_through_app() -> None:
+    """Run ``app.py`` (the router) here, when Streamlit ran a page file (``pages/train.py``) alone.
 
+    Each step module ends with ``if __name__ == "__main__": route_through_app()``:
+    imported by ``app.py`` it is ``pages.<name>`` and this never runs; it
+    runs only when Streamlit executes the file as a script.
 
-def ensure_router() -> None:
-    """Send a page that Streamlit ran on its own back through ``app.py``'s navigation.
+    Why: a folder named ``pages/`` beside the main script turns on Streamlit's
+    old multipage mode, in which a URL such as ``/train`` runs
+    ``pages/train.py`` by itself (no router, no sidebar, every file of
+    ``pages/`` listed in the navigation). The mode ends, for all sessions,
+    once any session calls ``st.navigation`` (its docstring: "As soon as any
+    session of your app executes the ``st.navigation`` command, your app will
+    ignore the ``pages/`` directory (across all sessions)"), but the first
+    request after a server start that is not for ``/`` comes before that, and
+    Streamlit has no setting that turns the mode off (the weakness is named in
+    the review of streamlit/streamlit#10276: a ``pages`` folder with
+    ``st.navigation`` and a page URL opened directly; Streamlit's own advice,
+    PR #16658, is to name the folder ``app_pages/``, which this project's
+    layout does not do). AppTest starts every run in that mode too
+    (``AppTest._run`` resets the flag), so every AppTest of a step other than
+    the default one comes through here.
 
-    A fresh Streamlit server treats a ``pages/`` folder beside the main script
-    as old-style multipage navigation until ``st.navigation`` has run once, so
-    the first request for e.g. ``/train?run=...`` after a restart would run
-    the page script alone (no router, no sidebar, every file of ``pages/``
-    listed). Clearing that flag and rerunning lets ``app.py`` route it.
+    So the router runs in this same script run: its ``st.navigation`` ends the
+    mode and resolves the same page (same URL path, same query string), the
+    page's widgets see this run's events (a click is not lost, as it would be
+    in a rerun), and the sidebar is drawn. Checked by ``tests/test_browser.py``
+    (a fresh server's first request for ``/train``) and ``tests/test_app.py``.
     """
-    if not PagesManager.uses_pages_directory or _routed():
-        return  # routed by app.py already; its st.navigation call clears the flag
-    PagesManager.uses_pages_directory = False
-    if not st.session_state.get("_rerouted"):  # once per session: never loop, never eat a later click
-        st.session_state["_rerouted"] = True
-        st.rerun()
+    runpy.run_path(str(APP), run_name="__main__")
 
 
 def init_state() -> None:
-    """Fill missing walk state with defaults.
+    """Create this session's walk state.
 
     A new browser session (a refreshed tab) that follows a run (``?run=ID``)
     starts from that run's choices, so the form matches the run shown.
     """
-    ensure_router()
-    if "_walk_initialised" not in st.session_state:
-        st.session_state["_walk_initialised"] = True
-        rid = st.query_params.get("run")
-        if rid:
-            try:
-                cfg = get_store().get(rid).config
-            except FtcoreError:
-                cfg = None
-            if cfg is not None:
-                load_config(cfg)
-    for k, v in DEFAULTS.items():
-        st.session_state.setdefault(k, v)
-
-
-def load_config(cfg: RunConfig) -> None:
-    """Make a run configuration the walk's choices (and the values of the widgets that edit them)."""
-    t = cfg.train
-    state = dict(
-        backbone=cfg.backbone.name, weights=cfg.backbone.weights, unfreeze=cfg.freeze.unfreeze,
-        data_dir=cfg.data.train_dir, val_dir=cfg.data.val_dir, val_fraction=cfg.data.val_fraction,
-        data_label=cfg.data.train_dir, data_source="folder", folder_path=cfg.data.train_dir,
-        folder_val=cfg.data.val_dir or "", img_size=t.img_size or 224, img_size_suggested=224,
-        lr_mode="layer-wise decay" if t.layer_decay is not None else "head and backbone",
-        layer_decay_value=t.layer_decay if t.layer_decay is not None else 0.75,
-        **{k: getattr(t, k) for k in TRAIN_FIELDS},
-    )
-    for k in ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "label_smoothing", "layer_decay_value"):
-        state[k] = float(state[k])  # number widgets refuse an int where their bounds are floats
-    st.session_state.update(state)
-    for k, v in state.items():  # widgets keyed by widget_key() show the loaded values
-        st.session_state[f"w_{k}"] = v
-    for k in [k for k in st.session_state if str(k).startswith("tick::")]:
-        del st.session_state[k]  # the layers page ticks again from the loaded choice
+    if "walk" in st.session_state:
+        return
+    walk()
+    rid = st.query_params.get("run")
+    if rid:
+        try:
+            cfg = get_store().get(rid).config
+        except FtcoreError:
+            cfg = None
+        if cfg is not None:
+            load_config(cfg)
 
 
 @st.cache_data(show_spinner="Reading the layer groups...")
@@ -181,13 +152,14 @@ def sidebar_status() -> None:
 
     Call inside a sidebar container (``app.py`` fills one after the page ran).
     """
-    weights = st.session_state["weights"]
+    w = walk()
+    weights = w.weights if w.weights in ("auto", "none") else ("local file" if w.weights else "file not given")
     st.caption("Your choices")
     st.markdown(
-        f"- **Backbone:** `{st.session_state['backbone']}`\n"
-        f"- **Weights:** {weights if weights in ('auto', 'none') else ('local file' if weights else 'file not given')}\n"
-        f"- **Unfreeze:** {describe_unfreeze(st.session_state['unfreeze'])}\n"
-        f"- **Data:** {st.session_state['data_label'] or 'not chosen yet'}"
+        f"- **Backbone:** `{w.backbone}`\n"
+        f"- **Weights:** {weights}\n"
+        f"- **Unfreeze:** {describe_unfreeze(w.unfreeze)}\n"
+        f"- **Data:** {w.data_label or 'not chosen yet'}"
     )
     _sidebar_run()
 
@@ -234,16 +206,5 @@ def age(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
-def widget_key(name: str) -> str:
-    """Key of the widget that edits walk state `name`, seeded from that state when absent.
-
-    Widgets get a key and no ``value=``/``index=`` that changes between reruns
-    (a changing default gives the widget a new identity, which drops the
-    user's next change). Streamlit forgets a widget's key when its page is
-    left, so it is seeded again from the walk state on return; the page
-    copies the widget's value back into the walk state.
-    """
-    wk = f"w_{name}"
-    if wk not in st.session_state:
-        st.session_state[wk] = st.session_state.get(name, DEFAULTS.get(name))
-    return wk
+if __name__ == "__main__":  # run as a script by Streamlit's pages/ folder mode (/common): see route_through_app
+    route_through_app()

@@ -24,7 +24,8 @@ from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
-PAGES = ["pages/backbone.py", "pages/layers.py", "pages/data.py", "pages/train.py", "pages/compare.py"]
+#: The steps' URL paths (/train), in order.
+PAGES = ["backbone", "layers", "data", "train", "compare"]
 TIMEOUT = 60
 #: Seconds the training test waits for its worker to finish.
 RUN_TIMEOUT = 120
@@ -65,9 +66,25 @@ def _exceptions(at: AppTest) -> str:
 
 
 def goto(at: AppTest, page: str) -> AppTest:
-    at.switch_page(page).run()
+    """Open step `page` (its URL path, e.g. "train") as the sidebar's link does, and run the app.
+
+    The steps are functions (``st.Page(train.render, ...)``) and ``AppTest.switch_page`` takes only pages
+    defined by a file (it matches registered script paths), so the page hash that ``st.navigation``
+    registered for the step is requested instead, as a click on its link does. Call after a first run.
+    """
+    from pages.common import STEPS
+
+    hashes = [h for h, info in at._registered_pages.items() if info.get("page_name") == STEPS[page]]
+    assert len(hashes) == 1, f"no page {page!r} among {at._registered_pages}"
+    at._page_hash = hashes[0]
+    at.run()
     assert not at.exception, _exceptions(at)
     return at
+
+
+def walk(at: AppTest):
+    """The app's walk state (pages.walk.Walk)."""
+    return at.session_state["walk"]
 
 
 def by_label(elements, label: str):
@@ -97,26 +114,49 @@ def image_folder(root: Path, classes: dict[str, int]) -> Path:
 
 
 # --- every page ------------------------------------------------------------------
-@pytest.mark.parametrize("page", [
-    p for p in PAGES])
+@pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_without_exceptions(app, page):
     goto(app, page)
     assert app.title[0].value.startswith(f"{PAGES.index(page) + 1}. ")
+    # Routed by app.py: the shared sidebar is drawn around the page (AppTest starts each run in Streamlit's
+    # pages/ folder mode, so a page other than the default one goes through pages.common.route_through_app).
+    assert any(m.startswith("- **Backbone:**") for m in texts(app.sidebar.markdown)), texts(app.sidebar.markdown)
+
+
+def test_every_module_of_pages_runs_the_router_when_run_as_a_script():
+    """Streamlit's pages/ folder mode runs a file of pages/ alone (see pages.common.route_through_app)."""
+    import ast
+
+    for path in sorted((REPO / "pages").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        last = ast.parse(path.read_text()).body[-1]
+        assert isinstance(last, ast.If) and ast.unparse(last.test) == "__name__ == '__main__'", path.name
+        assert ast.unparse(last.body[-1]) == "route_through_app()", path.name
+
+
+def test_walk_state_holds_every_training_setting_with_its_default():
+    import dataclasses
+
+    from ftcore.core.config import DataConfig, RunConfig, TrainConfig
+    from pages.walk import Walk
+
+    assert list(Walk().train) == [f.name for f in dataclasses.fields(TrainConfig)]
+    assert TrainConfig(**Walk().train) == TrainConfig()
+    assert Walk(data_dir="/d").run_config() == RunConfig(data=DataConfig("/d"))
 
 
 def test_sidebar_shows_the_choices_and_no_run(app):
-    # AppTest keeps the sidebar of the first page only (after switch_page it comes back empty), so the
-    # shared sidebar is checked here, on the default page; the browser test sees it on every page.
     md = texts(app.sidebar.markdown)
     assert any("**Backbone:** `tf_efficientnet_lite0`" in m and "**Data:** not chosen yet" in m for m in md), md
     assert "No run in progress." in md
 
 
 def test_empty_store_train_and_compare_pages_say_what_to_do_first(app):
-    goto(app, "pages/train.py")
+    goto(app, "train")
     assert by_label(app.button, "Start training").disabled
     assert any("Choose the images in step 3 first" in t for t in texts(app.info))
-    goto(app, "pages/compare.py")
+    goto(app, "compare")
     assert any("No run has finished" in t for t in texts(app.info))
 
 
@@ -126,23 +166,23 @@ def test_backbone_default_is_efficientnet_lite0_with_packaged_offline_weights(ap
     assert by_label(app.metric, "Pretrained weights").value == "offline, packaged"
     radio = by_label(app.radio, "Starting weights")
     assert radio.value == "auto"
-    assert app.session_state["weights"] == "auto"
+    assert walk(app).weights == "auto"
 
 
 def test_backbone_random_initialisation_warns(app):
     by_label(app.radio, "Starting weights").set_value("none").run()
     assert not app.exception, _exceptions(app)
-    assert app.session_state["weights"] == "none"
+    assert walk(app).weights == "none"
     assert any("Random initialisation" in t for t in texts(app.warning))
     assert by_label(app.radio, "Starting weights").value == "none"
 
 
 def test_backbone_weights_choice_can_be_changed_back(app):
     by_label(app.radio, "Starting weights").set_value("none").run()
-    assert app.session_state["weights"] == "none"
+    assert walk(app).weights == "none"
     # Back to pretrained weights: the warning goes away.
     by_label(app.radio, "Starting weights").set_value("auto").run()
-    assert app.session_state["weights"] == "auto"
+    assert walk(app).weights == "auto"
     assert not any("Random initialisation" in t for t in texts(app.warning))
 
 
@@ -152,19 +192,19 @@ def test_backbone_search_without_matches_warns(app):
     assert any("No timm model name contains 'no_such_model_xyz'" in t for t in texts(app.warning))
     assert len(app.selectbox) == 0
     # The choice made so far is kept.
-    assert app.session_state["backbone"] == "tf_efficientnet_lite0"
+    assert walk(app).backbone == "tf_efficientnet_lite0"
 
 
 # --- 2. Layers -------------------------------------------------------------------------
 def test_layers_presets_tick_groups_and_change_the_trainable_count(app):
-    goto(app, "pages/layers.py")
+    goto(app, "layers")
     boxes = list(app.checkbox)
     head = [c for c in boxes if c.label.startswith("**head**")]
     body = [c for c in boxes if not c.label.startswith(("**head**", "sub-block"))]
     assert len(head) == 1 and head[0].value is True and head[0].disabled
     assert len(body) >= 3
     assert all(c.value for c in body) and not any(c.disabled for c in body)
-    assert app.session_state["unfreeze"] == "all"
+    assert walk(app).unfreeze == "all"
     all_trainable = by_label(app.metric, "Trainable parameters").value
     assert by_label(app.metric, "Frozen parameters").value == "0"
 
@@ -174,7 +214,7 @@ def test_layers_presets_tick_groups_and_change_the_trainable_count(app):
     assert not any(c.value for c in body)
     head = [c for c in app.checkbox if c.label.startswith("**head**")]
     assert head[0].value is True and head[0].disabled
-    assert app.session_state["unfreeze"] == "head"
+    assert walk(app).unfreeze == "head"
     head_trainable = by_label(app.metric, "Trainable parameters").value
     assert head_trainable != all_trainable
     assert by_label(app.metric, "Frozen parameters").value != "0"
@@ -184,13 +224,13 @@ def test_layers_presets_tick_groups_and_change_the_trainable_count(app):
     first.check().run()
     assert not app.exception, _exceptions(app)
     group_name = first.label.split("`")[1]
-    assert app.session_state["unfreeze"] == f"groups:{group_name}"
+    assert walk(app).unfreeze == f"groups:{group_name}"
     assert by_label(app.metric, "Trainable parameters").value not in (head_trainable, all_trainable)
 
     by_label(app.button, "All").click().run()
     assert not app.exception, _exceptions(app)
     assert all(c.value for c in app.checkbox)
-    assert app.session_state["unfreeze"] == "all"
+    assert walk(app).unfreeze == "all"
     assert by_label(app.metric, "Trainable parameters").value == all_trainable
 
     # "Last 2 groups": the two groups nearest the head.
@@ -198,7 +238,7 @@ def test_layers_presets_tick_groups_and_change_the_trainable_count(app):
     body = [c for c in app.checkbox if not c.label.startswith(("**head**", "sub-block"))]
     assert [c.value for c in body] == [False] * (len(body) - 2) + [True, True]
     names = [c.label.split("`")[1] for c in body[-2:]]
-    assert app.session_state["unfreeze"] == "groups:" + ",".join(names)
+    assert walk(app).unfreeze == "groups:" + ",".join(names)
 
 
 # --- 3. Data ------------------------------------------------------------------------------
@@ -217,7 +257,7 @@ def test_data_folder_shows_classes_counts_and_unreadable_files(app, tmp_path):
     text = root / "dogs" / "notes.png"
     text.write_text("this is not an image\n")
 
-    goto(app, "pages/data.py")
+    goto(app, "data")
     _choose_folder(app, root)
     assert not app.error, texts(app.error)
     assert any(t.startswith("2 classes, 16 readable images") for t in texts(app.success)), texts(app.success)
@@ -233,61 +273,61 @@ def test_data_folder_shows_classes_counts_and_unreadable_files(app, tmp_path):
     assert sorted(skipped["path"]) == sorted([str(empty), str(text)])
     assert set(skipped["action"]) == {"skipped"}
 
-    assert app.session_state["data_dir"] == str(root)
-    assert app.session_state["data_label"] == str(root)
+    assert walk(app).data_dir == str(root)
+    assert walk(app).data_label == str(root)
 
 
 def test_data_folder_with_one_class_needs_two(app, tmp_path):
     root = image_folder(tmp_path / "one", {"cats": 6})
-    goto(app, "pages/data.py")
+    goto(app, "data")
     _choose_folder(app, root)
     errors = texts(app.error)
     assert len(errors) == 1
     assert "at least two class folders" in errors[0] and str(root) in errors[0]
     assert not app.success
-    assert app.session_state["data_dir"] != str(root)
+    assert walk(app).data_dir != str(root)
 
 
 def test_data_folder_that_does_not_exist(app, tmp_path):
     missing = tmp_path / "nowhere"
-    goto(app, "pages/data.py")
+    goto(app, "data")
     _choose_folder(app, missing)
     errors = texts(app.error)
     assert len(errors) == 1
     assert str(missing) in errors[0] and "is not a folder" in errors[0]
     assert not app.success
-    assert app.session_state["data_dir"] != str(missing)
+    assert walk(app).data_dir != str(missing)
 
 
 def test_data_demo_writes_digits_into_the_store(app, home):
-    goto(app, "pages/data.py")
+    goto(app, "data")
     assert by_label(app.radio, "Images from").value == "demo"
     assert any(t.startswith("10 classes, 1797 readable images") for t in texts(app.success)), texts(app.success)
     counts = app.dataframe[0].value
     assert list(counts.index) == [str(d) for d in range(10)]
     assert int(counts.values.sum()) == 1797
     digits = home / "datasets" / "digits"
-    assert app.session_state["data_dir"] == str(digits)
-    assert app.session_state["data_label"] == "demo digits"
+    assert walk(app).data_dir == str(digits)
+    assert walk(app).data_label == "demo digits"
     assert sorted(p.name for p in digits.iterdir() if p.is_dir()) == [str(d) for d in range(10)]
     assert len(list(digits.glob("*/*.png"))) == 1797
 
 
 def test_data_folder_path_can_be_corrected(app, tmp_path):
     root = image_folder(tmp_path / "pets", {"cats": 4, "dogs": 4})
-    goto(app, "pages/data.py")
+    goto(app, "data")
     _choose_folder(app, tmp_path / "pest")  # a typo
     assert any("is not a folder" in t for t in texts(app.error))
     by_label(app.text_input, "Folder path").set_value(str(root)).run()
     assert not app.error, texts(app.error)
-    assert app.session_state["data_dir"] == str(root)
+    assert walk(app).data_dir == str(root)
 
 
 def test_data_audit_problems_filter_by_kind_with_thumbnails(app, tmp_path):
     root = image_folder(tmp_path / "pets", {"cats": 12, "dogs": 3})
     (root / "cats" / "copy.png").write_bytes((root / "cats" / "img_000.png").read_bytes())
     (root / "dogs" / "zero.jpg").write_bytes(b"")
-    goto(app, "pages/data.py")
+    goto(app, "data")
     _choose_folder(app, root)
     assert not app.error, texts(app.error)
     assert any("imbalanced" in t and "class-balanced loss or sampler" in t for t in texts(app.warning))
@@ -304,11 +344,11 @@ def test_data_audit_problems_filter_by_kind_with_thumbnails(app, tmp_path):
 
 
 def test_train_settings_can_be_changed_twice(app):
-    goto(app, "pages/train.py")
+    goto(app, "train")
     by_label(app.number_input, "Epochs").set_value(1).run()
-    assert app.session_state["epochs"] == 1
+    assert walk(app).train["epochs"] == 1
     by_label(app.number_input, "Epochs").set_value(5).run()
-    assert app.session_state["epochs"] == 5
+    assert walk(app).train["epochs"] == 5
 
 
 # --- 4. Train and 5. Compare ------------------------------------------------------------
@@ -334,14 +374,13 @@ def test_train_starts_a_worker_and_compare_shows_the_result(home, tmp_path):
     from ftcore.runs.store import RunStore
 
     data = image_folder(tmp_path / "shapes", {"red": 8, "green": 8})
+    from pages.walk import Walk
+
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["data_dir"] = str(data)
-    at.session_state["backbone"] = "test_resnet"
-    at.session_state["weights"] = "none"
-    at.session_state["unfreeze"] = "all"
-    at.session_state["data_label"] = "two colours"
+    at.session_state["walk"] = Walk(backbone="test_resnet", weights="none", unfreeze="all", data_dir=str(data),
+                                    data_label="two colours")
     at.run()
-    goto(at, "pages/train.py")
+    goto(at, "train")
     assert any("`test_resnet`" in m and "two colours" in m for m in texts(at.markdown))
     by_label(at.number_input, "Epochs").set_value(1)
     by_label(at.number_input, "Batch size").set_value(4)
@@ -378,7 +417,7 @@ def test_train_starts_a_worker_and_compare_shows_the_result(home, tmp_path):
     assert any(lbl.startswith("frozen baseline: validation accuracy") for lbl in labels), labels
     assert any(lbl.startswith("fine-tuned: validation accuracy") for lbl in labels), labels
 
-    goto(at, "pages/compare.py")
+    goto(at, "compare")
     assert at.selectbox[0].value == run_id
     labels = [m.label for m in at.metric]
     assert "Fine-tuned accuracy" in labels, labels

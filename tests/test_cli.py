@@ -112,8 +112,8 @@ BAD_ARGUMENTS = [
     # (case, exit status, text the one-line error must contain)
     ("unknown_model", 2, "'no_such_model_v9' is not a timm model name"),
     ("bad_unfreeze", 2, "unfreeze preset 'bogus' is not understood; use 'head', 'all' or 'last:N'"),
-    ("epochs_0", 2, "epochs 0 is not a whole number in [1, 1000]"),
-    ("lr_negative", 2, "learning rate -1.0 is not in (0, 10]"),
+    ("epochs_0", 2, "The 'epochs' parameter (--epochs) must be an int in [1, 1000]. Got 0."),
+    ("lr_negative", 2, "The 'lr' parameter (--lr) must be a float in (0, 10]. Got -1.0."),
     ("epochs_text", 2, "argument --epochs: invalid int value: 'abc'"),
     ("no_data_arg", 2, "the following arguments are required: --data"),
     ("missing_weights", 2, "missing.safetensors does not exist; give an existing file, 'auto' or 'none'"),
@@ -201,8 +201,13 @@ def test_main_bad_val_fraction(capsys, tmp_path):
     rc = cli.main(["train", "--data", str(tmp_path), "--val-fraction", "1.5"])
     _, err = capsys.readouterr()
     assert rc == 2
-    assert err.strip() == ("python -m ftcore train: error: validation fraction 1.5 is outside (0, 1); "
-                           "use e.g. 0.2 to hold out 20% of each class.")
+    assert err.strip() == ("python -m ftcore train: error: The 'val_fraction' parameter (--val-fraction) must be a "
+                           "float in (0, 1). Got 1.5. Use e.g. 0.2 to hold out 20% of each class.")
+    rc = cli.main(["audit", str(tmp_path), "--val-fraction", "0"])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == (
+        "python -m ftcore audit: error: The 'val_fraction' parameter (--val-fraction) must be a float in (0, 1). "
+        "Got 0.0. Use e.g. 0.2 to hold out 20% of each class.")
 
 
 def test_parser_requires_a_command(capsys):

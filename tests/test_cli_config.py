@@ -70,7 +70,10 @@ def test_options_given_override_the_file_and_only_those(tmp_path):
     ('{"data": {"train_dir": "/d"}, "train": {"momentum": 0.9}}', "unknown keys ['momentum'] in 'train'"),
     ('[1, 2]', "is not a JSON object with sections"),
     ('{"data": {"train_dir": "/d"}, "train": 5}', "section 'train' of"),  # with --epochs given below
-    ('{"data": {"train_dir": 5}}', "'train_dir' is 5; it must be a folder path"),
+    ('{"data": {"train_dir": 5}}', "The 'train_dir' parameter (--data) must be a non-empty folder path (a str). Got 5."),
+    ('{"data": {"train_dir": "/d"}, "train": {"lr": "0.01"}}', "The 'lr' parameter (--lr) must be a float in (0, 10]. "
+                                                               "Got '0.01'."),
+    ('{"train": {"lr": 0.01}}', "The 'train_dir' parameter (--data) must be given in section 'data'"),  # no --data
 ])
 def test_bad_config_file_is_a_one_line_error(tmp_path, capsys, no_signal_handlers, content, pattern):
     f = tmp_path / "bad.json"
@@ -98,3 +101,52 @@ def test_cuda_asked_for_on_a_machine_without(tmp_path, capsys, no_signal_handler
     err = capsys.readouterr().err
     assert rc == 2 and "device 'cuda' was asked for, but this machine has no usable CUDA device" in err
     assert RunStore(tmp_path / "s").list() == []
+
+
+# --- the options come from the configuration's field list -------------------------------
+def _fields():
+    import dataclasses
+
+    from ftcore import SECTIONS
+
+    return [(section, f) for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)]
+
+
+@pytest.mark.parametrize("section, f", _fields(), ids=[f"{s}.{f.name}" for s, f in _fields()])
+def test_every_config_field_is_an_option_with_its_default_shown(section, f, capsys):
+    import dataclasses
+
+    spec = f.metadata["spec"]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    options = capsys.readouterr().out.split("\noptions:\n", 1)[1]
+    # One entry per option: its line and the wrapped lines under it, joined.
+    entries = {}
+    for line in options.splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line
+        else:
+            entries[flag] += " " + line.strip()
+    assert spec.flag in entries, f"{spec.flag} is not an option of python -m ftcore train"
+    if f.default is dataclasses.MISSING:
+        shown = "required unless --config gives it"
+    else:
+        shown = spec.shown_default(f.default)
+    assert f"(default: {shown})" in " ".join(entries[spec.flag].split()), entries[spec.flag]
+    assert cli.option_keys()[spec.flag.lstrip("-").replace("-", "_")] == (section, f.name)
+
+
+@pytest.mark.parametrize("section, f", _fields(), ids=[f"{s}.{f.name}" for s, f in _fields()])
+def test_every_option_sets_its_field(section, f, tmp_path):
+    spec = f.metadata["spec"]
+    value = {"bool": None, "path": str(tmp_path), "int": str(int(spec.low or 0) + 5), "float": "0.5"}.get(spec.kind)
+    if spec.kind == "str":
+        value = spec.choices[-1] if spec.choices else {"--unfreeze": "last:2"}.get(spec.flag, "test_resnet")
+    argv = ["train", "--data", "/x", "--epochs", "9", spec.flag] + ([] if value is None else [value])
+    cfg = cli.config_from_args(cli.build_parser().parse_args(argv))
+    got = getattr(getattr(cfg, section), f.name)
+    if spec.kind == "bool":
+        assert got is (not f.default)
+    else:
+        assert str(got) == value if spec.kind != "float" else got == float(value)

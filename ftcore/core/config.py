@@ -2,20 +2,26 @@
 
 A :class:`RunConfig` holds everything needed to repeat a run: the backbone
 and its weights, which layer groups learn, the data, and the training
-settings. It is saved as ``config.json`` in the run's artifact folder.
+settings (:class:`TrainConfig`, in :mod:`ftcore.core.train_config`). It is
+saved as ``config.json`` in the run's artifact folder.
+
+Every field carries its metadata (:class:`ftcore.core.fields.FieldSpec`:
+label, help, command-line flag, bounds, choices); validation messages name
+the key and the flag, in one format.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ftcore.core.errors import ConfigError
+from ftcore.core.fields import bad_value, check_fields, field_spec, setting
+from ftcore.core.train_config import AUGMENT_PRESETS, CLASS_BALANCE, DEVICES, EARLY_STOPPING_METRICS, TrainConfig
 
 __all__ = [
     "BackboneConfig",
@@ -23,21 +29,16 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "RunConfig",
+    "SECTIONS",
     "parse_unfreeze",
     "AUGMENT_PRESETS",
+    "CLASS_BALANCE",
     "EARLY_STOPPING_METRICS",
     "DEVICES",
+    "DEFAULT_BACKBONE",
 ]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-#: Values of :attr:`TrainConfig.class_balance`.
-CLASS_BALANCE = ("none", "loss", "sampler")
-#: Augmentation presets of the training transform (see :func:`ftcore.data.augment.preset_transforms`).
-AUGMENT_PRESETS = ("none", "light", "standard")
-#: Validation metrics early stopping can watch, with the direction that is better.
-EARLY_STOPPING_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_macro_recall": "max"}
-#: Device choices (see :func:`ftcore.accel._device.choose_device`).
-DEVICES = ("auto", "cpu", "cuda", "mps")
 _UNFREEZE_RE = re.compile(r"^(head|all|last:(\d+))$")
 
 
@@ -92,14 +93,16 @@ class BackboneConfig:
         architecture.
     """
 
-    name: str = DEFAULT_BACKBONE
-    weights: str = "auto"
+    name: str = setting(DEFAULT_BACKBONE, label="Model", flag="--model", metavar="NAME",
+                        help="timm backbone name (timm.list_models())",
+                        hint="Pick a timm model name such as 'tf_efficientnet_lite0'.")
+    weights: str = setting("auto", label="Starting weights", flag="--weights", metavar="auto|FILE|none",
+                           help="auto: the best pretrained weights found (packaged, the local Hugging Face cache, a "
+                                "download); none: random initialisation; or a weights file for this architecture",
+                           hint="Use 'auto', 'none' or the path of a weights file.")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ConfigError("backbone name is empty; pick a timm model name such as 'tf_efficientnet_lite0'.")
-        if not isinstance(self.weights, str) or not self.weights.strip():
-            raise ConfigError("weights is empty; use 'auto', 'none' or the path of a weights file.")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -117,9 +120,13 @@ class FreezeConfig:
         learns. The head is always trained.
     """
 
-    unfreeze: str = "all"
+    unfreeze: str = setting("all", label="Unfreeze", flag="--unfreeze", metavar="head|all|last:N|groups:NAME,...",
+                            help="the layer groups that learn besides the head: head, all, last:N or "
+                                 "groups:NAME,NAME (layer groups or their sub-blocks)",
+                            hint="Use 'head', 'all', 'last:N' or 'groups:NAME,NAME'.")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not str(self.unfreeze).startswith("groups:"):
             parse_unfreeze(self.unfreeze)
         elif not self.group_names:
@@ -143,7 +150,8 @@ class DataConfig:
     ----------
     train_dir : str
         Folder with one sub-folder per class, or with ``train/`` and ``val/``
-        sub-folders that each hold one sub-folder per class.
+        sub-folders that each hold one sub-folder per class. Required: a
+        data configuration without images means nothing.
     val_dir : str or None, default None
         A separate validation folder (one sub-folder per class). When None and
         `train_dir` has no ``val/``, a seeded stratified split is made.
@@ -151,195 +159,30 @@ class DataConfig:
         Share of each class held out for validation when splitting, in (0, 1).
     """
 
-    train_dir: str = ""
-    val_dir: str | None = None
-    val_fraction: float = 0.2
+    train_dir: str = setting(label="Folder path", flag="--data", kind="path", metavar="FOLDER",
+                             help="folder with one sub-folder per class (or train/ and val/)",
+                             hint="Give the folder that holds one sub-folder per class.")
+    val_dir: str | None = setting(None, label="Separate validation folder (optional)", flag="--val", kind="path",
+                                  optional=True, none_means="a split of the data folder", metavar="FOLDER",
+                                  help="separate validation folder (one sub-folder per class)")
+    val_fraction: float = setting(0.2, label="Validation share of each class (when the folder has no val/)",
+                                  flag="--val-fraction", kind="float", low=0.0, high=1.0, closed="neither",
+                                  help="share of each class held out for validation when splitting",
+                                  hint="Use e.g. 0.2 to hold out 20% of each class.")
 
     def __post_init__(self) -> None:
-        for name in ("train_dir", "val_dir"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, (str, os.PathLike)):
-                raise ConfigError(f"'{name}' is {value!r}; it must be a folder path (a string).")
-        if not str(self.train_dir).strip():
-            raise ConfigError("no data folder given; pass the folder that holds one sub-folder per class.")
-        if not (0.0 < _as_float(self.val_fraction) < 1.0):
-            raise ConfigError(
-                f"validation fraction {self.val_fraction!r} is outside (0, 1); use e.g. 0.2 to hold out 20% of each class."
-            )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings shared by the baseline and the fine-tuned model.
-
-    Parameters
-    ----------
-    epochs : int, default 3
-        Passes over the training images, >= 1.
-    batch_size : int, default 32
-        Images per step, >= 1. Capped at the number of training images.
-    lr : float, default 1e-3
-        Peak learning rate of AdamW per step for the head, > 0. Decays by a
-        cosine over all steps (Loshchilov & Hutter, "SGDR", 2017).
-    backbone_lr_scale : float, default 0.1
-        Unfrozen backbone groups learn at ``lr * backbone_lr_scale``, in
-        (0, 1]: pretrained layers need smaller steps than a new head
-        (discriminative learning rates, Howard & Ruder, "ULMFiT", 2018).
-    img_size : int or None, default None
-        Square input size in pixels (16 to 1024); None uses the backbone's
-        default from its ``pretrained_cfg``.
-    update_bn : bool, default False
-        Let BatchNorm layers in unfrozen groups update their running
-        statistics (see :func:`ftcore.models.layers.set_train_mode`). Frozen groups'
-        BatchNorm never updates. Needs a batch size of at least 2.
-    baseline : bool, default True
-        Also train the frozen baseline (linear probe) on the same split.
-    seed : int, default 0
-        Seed of the split, the head initialisation and the data order.
-    weight_decay : float, default 0.01
-        AdamW decoupled weight decay (the PyTorch default for AdamW).
-    num_workers : int, default 0
-        Data-loader worker processes; 0 decodes in the training process.
-    feature_cache : bool, default True
-        When the first trainable layer sits after frozen layers, compute the
-        frozen prefix's output once per image and train from it
-        (:mod:`ftcore.accel._prefix`): much faster, at the cost of the random
-        augmentation before the first trainable layer.
-    channels_last : bool, default True
-        Run convolutional models in the ``channels_last`` memory layout
-        (faster for oneDNN convolutions on CPUs and for cuDNN on recent GPUs).
-    class_balance : str, default "none"
-        ``"none"``; ``"loss"``: cross-entropy weighted per class by
-        :func:`ftcore.data.split.class_weights` (scikit-learn's "balanced" weights);
-        ``"sampler"``: batches drawn with every class equally likely
-        (:func:`ftcore.data.split.balanced_sampler`). For imbalanced classes.
-    layer_decay : float or None, default None
-        Layer-wise learning-rate decay in (0, 1]: the head learns at ``lr``
-        and every layer group ``d`` groups before it at ``lr * layer_decay**d``
-        (Clark et al., "ELECTRA", 2020, appendix A; Bao et al., "BEiT", 2021,
-        section 2.6). None uses ``lr * backbone_lr_scale`` for every unfrozen
-        backbone group instead. See :func:`ftcore.train.schedule.group_peak_lrs`.
-    warmup_epochs : float, default 0.0
-        Epochs of linear warm-up from ``lr / warm-up steps`` to the peak
-        rate before the cosine decay, in [0, epochs); fractions of an epoch
-        are allowed (rounded to whole steps).
-    unfreeze_after : int, default 0
-        Gradual unfreezing: train the head alone for this many epochs, then
-        the ticked groups too (Howard & Ruder, "ULMFiT", 2018); 0 trains
-        every ticked group from the start. In [0, epochs).
-    augment : str, default "light"
-        Training augmentation preset: ``"none"`` (the deterministic
-        validation transform), ``"light"`` (random resized crop of 50 to 100%
-        of the area and horizontal flip) or ``"standard"`` (timm's ImageNet
-        recipe: crop of 8 to 100%, flip, RandAugment ``rand-m9-mstd0.5-inc1``).
-    label_smoothing : float, default 0.0
-        Label smoothing of the training cross-entropy in [0, 0.5] (Szegedy
-        et al., "Rethinking the Inception Architecture", 2016); 0.1 is usual.
-    early_stopping_patience : int, default 0
-        Stop when `early_stopping_metric` has not improved for this many
-        epochs, and keep the best epoch's weights; 0 turns it off.
-    early_stopping_metric : str, default "val_loss"
-        ``"val_loss"`` (lower is better), ``"val_accuracy"`` or
-        ``"val_macro_recall"`` (higher is better).
-    device : str, default "auto"
-        ``"auto"`` (CUDA, else Apple MPS, else the CPU), ``"cpu"``, ``"cuda"``
-        or ``"mps"``.
-    """
-
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.1
-    img_size: int | None = None
-    update_bn: bool = False
-    baseline: bool = True
-    seed: int = 0
-    weight_decay: float = 0.01
-    num_workers: int = 0
-    feature_cache: bool = True
-    channels_last: bool = True
-    class_balance: str = "none"
-    layer_decay: float | None = None
-    warmup_epochs: float = 0.0
-    unfreeze_after: int = 0
-    augment: str = "light"
-    label_smoothing: float = 0.0
-    early_stopping_patience: int = 0
-    early_stopping_metric: str = "val_loss"
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("update_bn", "baseline", "feature_cache", "channels_last"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ConfigError(f"'{name}' is {value!r}; it must be true or false (JSON booleans, not strings).")
-        _check_int("epochs", self.epochs, 1, 1000)
-        _check_int("batch size", self.batch_size, 1, 4096)
-        if self.update_bn and self.batch_size < 2:
-            raise ConfigError("batch size 1 cannot be used with update_bn (--update-bn): a BatchNorm layer that "
-                              "updates its statistics needs at least 2 images a batch. Raise the batch size, or "
-                              "leave update_bn off.")
-        _check_int("seed", self.seed, 0, 2**32 - 1)
-        _check_int("data-loader workers", self.num_workers, 0, 64)
-        if self.img_size is not None:
-            _check_int("image size", self.img_size, 16, 1024)
-        if not (0.0 < _as_float(self.lr) <= 10.0):
-            raise ConfigError(f"learning rate {self.lr!r} is not in (0, 10]; a usual value is 1e-3 (AdamW).")
-        if not (0.0 < _as_float(self.backbone_lr_scale) <= 1.0):
-            raise ConfigError(
-                f"backbone learning-rate scale {self.backbone_lr_scale!r} is not in (0, 1]; 0.1 is usual, 1 gives "
-                "the backbone the head's rate."
-            )
-        if self.class_balance not in CLASS_BALANCE:
-            raise ConfigError(f"class balance {self.class_balance!r} is not one of {', '.join(CLASS_BALANCE)}; use "
-                              "'loss' or 'sampler' when some classes have many more images than others.")
-        if not (0.0 <= _as_float(self.weight_decay) < 1.0):
-            raise ConfigError(f"weight decay {self.weight_decay!r} is not in [0, 1); a usual value is 0.01.")
-        self._check_training_options()
-
-    def _check_training_options(self) -> None:
-        if self.layer_decay is not None and not (0.0 < _as_float(self.layer_decay) <= 1.0):
-            raise ConfigError(f"layer decay {self.layer_decay!r} is not in (0, 1]; 0.75 is usual (BEiT), or leave it "
-                              "unset to use the backbone learning-rate scale.")
-        if not (0.0 <= _as_float(self.warmup_epochs) < self.epochs):
-            raise ConfigError(f"warm-up epochs {self.warmup_epochs!r} is not in [0, {self.epochs}) (the number of "
-                              "epochs); use e.g. 1, or 0 for no warm-up.")
-        _check_int("unfreeze-after epochs", self.unfreeze_after, 0, 1000)
-        if self.unfreeze_after >= self.epochs:
-            raise ConfigError(f"unfreeze after {self.unfreeze_after} epochs is not below the {self.epochs} epochs of "
-                              "training, so the ticked groups would never learn; use fewer, or 0 to train them from "
-                              "the start.")
-        if self.augment not in AUGMENT_PRESETS:
-            raise ConfigError(f"augmentation preset {self.augment!r} is not one of {', '.join(AUGMENT_PRESETS)}.")
-        if not (0.0 <= _as_float(self.label_smoothing) <= 0.5):
-            raise ConfigError(f"label smoothing {self.label_smoothing!r} is not in [0, 0.5]; 0.1 is usual, 0 turns "
-                              "it off.")
-        _check_int("early-stopping patience", self.early_stopping_patience, 0, 1000)
-        if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
-            raise ConfigError(f"early-stopping metric {self.early_stopping_metric!r} is not one of "
-                              f"{', '.join(EARLY_STOPPING_METRICS)}.")
-        if self.device not in DEVICES:
-            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}.")
-
-
-def _as_float(value: Any) -> float:
-    """The value as a float, NaN (which fails every range check) when it is not a number."""
-    if isinstance(value, (bool, str)):  # "0.01" in a config file is a mistake to name, not to convert
-        return float("nan")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _check_int(what: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi):
-        raise ConfigError(f"{what} {value!r} is not a whole number in [{lo}, {hi}].")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a run; saved with it as ``config.json``."""
+    """Everything that defines a run; saved with it as ``config.json``.
+
+    Raises
+    ------
+    ConfigError
+        If gradual unfreezing (``unfreeze_after``) is asked for with nothing to unfreeze.
+    """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
@@ -348,8 +191,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.train.unfreeze_after and self.freeze.unfreeze == "head":
-            raise ConfigError(f"unfreeze after {self.train.unfreeze_after} epochs needs layer groups to unfreeze, "
-                              "but the choice is 'head' only; tick groups or set unfreeze-after to 0.")
+            raise bad_value("unfreeze_after", field_spec(TrainConfig, "unfreeze_after"),
+                            "0 when 'unfreeze' (--unfreeze) is 'head': there are no layer groups to unfreeze later",
+                            self.train.unfreeze_after)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as plain JSON-able nested dicts."""
@@ -360,34 +204,65 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, d: Any) -> RunConfig:
         """Build and validate a configuration from :meth:`to_dict` output.
+
+        Sections and keys left out take their defaults, except the data
+        folder (``data.train_dir``), which is required.
+
+        Parameters
+        ----------
+        d : dict
+            ``{"backbone": {...}, "freeze": {...}, "data": {...}, "train": {...}}``.
 
         Raises
         ------
         ConfigError
-            If a section or key is unknown, or a value is out of range.
+            If `d` is not a dict of sections, a section or key is unknown or
+            missing, or a value is out of range.
         """
-        sections = {"backbone": BackboneConfig, "freeze": FreezeConfig, "data": DataConfig, "train": TrainConfig}
-        unknown = set(d) - set(sections)
-        if unknown:
-            raise ConfigError(f"unknown configuration sections {sorted(unknown)}; allowed: {sorted(sections)}.")
-        kwargs = {}
         if not isinstance(d, dict):
-            raise ConfigError("a run configuration is a JSON object with the sections backbone, freeze, data, train.")
-        for key in sections:
+            raise ConfigError(f"a run configuration is a JSON object with the sections backbone, freeze, data and "
+                              f"train; got {d!r} ({type(d).__name__}).")
+        unknown = set(d) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(f"unknown configuration sections {sorted(unknown)}; allowed: {sorted(SECTIONS)}.")
+        for key in SECTIONS:
             part = d.get(key, {}) or {}
             if not isinstance(part, dict):
                 raise ConfigError(f"section '{key}' is {part!r}; it must be an object of settings, e.g. "
                                   f'"{key}": {{...}}.')
-        for key, klass in sections.items():
+        kwargs = {}
+        for key, klass in SECTIONS.items():
             part = d.get(key, {}) or {}
-            names = {f.name for f in dataclasses.fields(klass)}
-            bad = set(part) - names
+            fields = {f.name: f for f in dataclasses.fields(klass)}
+            bad = set(part) - set(fields)
             if bad:
-                raise ConfigError(f"unknown keys {sorted(bad)} in '{key}'; allowed: {sorted(names)}.")
+                raise ConfigError(f"unknown keys {sorted(bad)} in '{key}'; allowed: {sorted(fields)}.")
+            for name, f in fields.items():
+                if name not in part and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    spec = f.metadata["spec"]
+                    raise bad_value(name, spec, f"given in section '{key}': {spec.allowed()}", dataclasses.MISSING)
             kwargs[key] = klass(**part)
         return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "the configuration") -> RunConfig:
+        """Parse and validate a configuration from JSON text; errors name `source` (a file name).
+
+        Raises
+        ------
+        ConfigError
+            If the text is not JSON or not a valid configuration.
+        """
+        try:
+            d = json.loads(text)
+        except ValueError as e:  # also UnicodeDecodeError of bytes that are not UTF-8
+            raise ConfigError(f"cannot read run configuration {source}: {e}") from e
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"run configuration {source}: {e}") from e
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
@@ -396,11 +271,16 @@ class RunConfig:
         Raises
         ------
         ConfigError
-            If the file cannot be read or is not a valid configuration.
+            If the file cannot be read or is not a valid configuration; the message names the file.
         """
         p = Path(path)
         try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
+            text = p.read_bytes()
+        except OSError as e:
             raise ConfigError(f"cannot read run configuration {p}: {e}") from e
-        return cls.from_dict(d)
+        return cls.from_json(text, str(p))
+
+
+#: Section name -> its configuration class, in the order of :class:`RunConfig`.
+SECTIONS: dict[str, type] = {"backbone": BackboneConfig, "freeze": FreezeConfig, "data": DataConfig,
+                             "train": TrainConfig}
