@@ -12,7 +12,15 @@ from ftcore.core import events, records
 from ftcore.core.errors import RunStoreError
 from ftcore.core.events import EpochEvent, LayerStats, StepEvent
 from ftcore.core.records import (
-    EvalResult, ExperimentResult, FileProblem, ModelFacts, ModelRole, PrefixDecision, Record, RunFacts, RunStatus,
+    EvalResult,
+    ExperimentResult,
+    FileProblem,
+    ModelFacts,
+    ModelRole,
+    PrefixDecision,
+    Record,
+    RunFacts,
+    RunStatus,
     StepCost,
 )
 
