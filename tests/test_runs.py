@@ -162,6 +162,7 @@ def test_predictions_round_trip(store):
     assert got["probs"].dtype == np.float32
     assert got["files"].tolist() == files
     assert store.load_predictions(run_id, "baseline") is None
+    assert store.has_predictions(run_id, "finetuned") and not store.has_predictions(run_id, "baseline")
 
 
 def test_save_json_handles_numpy(store):

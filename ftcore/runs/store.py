@@ -337,6 +337,10 @@ class RunStore:
         np.savez_compressed(p, y_true=y_true, y_pred=y_pred, probs=probs, files=np.asarray(files, dtype=str))
         return p
 
+    def has_predictions(self, run_id: str, model: ModelRole | str) -> bool:
+        """Whether `model` of a run has saved validation predictions (without reading them)."""
+        return (self.run_dir(run_id) / f"{model}_predictions.npz").exists()
+
     def load_predictions(self, run_id: str, model: str) -> dict[str, np.ndarray] | None:
         """Arrays saved by :meth:`save_predictions`, or None if absent."""
         p = self.run_dir(run_id) / f"{model}_predictions.npz"

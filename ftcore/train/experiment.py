@@ -258,7 +258,19 @@ class Experiment:
             keep_freed_memory()  # activations reused without page faults at every step (ftcore.accel)
 
     def read_data(self) -> None:
-        """Transforms from the model's configuration, then the audited, split images; reports :class:`DataReady`."""
+        """Transforms from the model's configuration, then the audited, split images; reports :class:`DataReady`.
+
+        Raises
+        ------
+        BackboneError
+            If timm does not know the backbone (found before any image is read).
+        WeightsError
+            If a weights file is missing or unusable (:func:`ftcore.models.backbones.resolve_weights`).
+        DatasetError
+            Whatever the audit refuses (:func:`ftcore.data.split.prepare_split`).
+        Cancelled
+            If the stop flag was seen while reading images.
+        """
         bb, tc = self.config.backbone, self.tc
         self.weights = resolve_weights(bb.name, bb.weights)  # where from; read when the first model is built
         self.train_tf, self.val_tf, short = build_transforms(meta_model(bb.name), tc.img_size, tc.augment)
@@ -282,7 +294,13 @@ class Experiment:
         self.emit(DataReady(facts, tuple(split.class_names), tuple(split.train_files), tuple(split.val_files)))
 
     def plan(self) -> None:
-        """Which models, how many steps, what each step costs; reports :class:`Planned`."""
+        """Which models, how many steps, what each step costs; reports :class:`Planned`.
+
+        Raises
+        ------
+        ConfigError
+            If the freezing choice names layer groups the backbone does not have.
+        """
         tc, n_classes = self.tc, len(self.split.class_names)
         self.roles = tuple(r for r in ModelRole if tc.baseline or r is ModelRole.FINETUNED)
         self.steps_per_model = tc.epochs * len(self._loaders()[0])
@@ -295,7 +313,22 @@ class Experiment:
         self.emit(Planned(self.total_steps, self.roles))
 
     def train_model(self, role: ModelRole) -> None:
-        """Build, freeze and train one model; report its facts, progress, result, predictions and weights."""
+        """Build, freeze and train one model; report its facts, progress, result, predictions and weights.
+
+        Parameters
+        ----------
+        role : ModelRole
+            The baseline trains the head only; the fine-tuned model what ``config.freeze`` unfreezes.
+
+        Raises
+        ------
+        WeightsError
+            If the pretrained weights cannot be had (the first model's build reads them).
+        TrainingError
+            If the loss became NaN or infinite.
+        Cancelled
+            If the stop flag was seen (after the model's finished epochs were reported).
+        """
         tc, model = self.tc, self.backbone.fresh()
         groups = layer_groups(model)
         freeze = apply_freeze(model, groups, trainable_group_names(groups, _unfreeze(self.config, role)))

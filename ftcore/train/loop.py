@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ftcore.accel import autocast_dtype
 from ftcore.core.config import TrainConfig
 from ftcore.core.errors import BackboneError, ConfigError
 from ftcore.core.events import EpochEvent, StepEvent
@@ -62,8 +63,6 @@ class Runtime:
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", torch.device(self.device))
         if isinstance(self.amp_dtype, str):
-            from ftcore.accel import autocast_dtype
-
             object.__setattr__(self, "amp_dtype", autocast_dtype(self.device.type, _bf16_ok(self.device)))
 
     @classmethod
