@@ -3,11 +3,11 @@
 The reference is the loop a user would otherwise write: torchvision
 ``ImageFolder`` + ``DataLoader`` + the timm model, decoding and augmenting
 every image every epoch, in the default memory layout. It gets the same
-split, transforms (the default augmentation preset, :func:`ftcore.data.augment.preset_transforms`),
+split, transforms (the default augmentation preset, :func:`ftcore.data.augment.build_transforms`),
 weights, frozen groups, optimiser (AdamW, head at ``lr``, unfrozen backbone
 groups at ``lr * backbone_lr_scale``, cosine schedule), BatchNorm handling
 (:func:`ftcore.models.layers.set_train_mode`), batch size, seed and thread count.
-The product runs :func:`ftcore.train.experiment.run_experiment` (fine-tuned model
+The product runs :func:`ftcore.jobs.writer.run_experiment` (fine-tuned model
 only) with its decoded-image cache, frozen-prefix cache and ``channels_last``.
 
 Every run is a fresh process, so that peak memory (``ru_maxrss``) is its
@@ -51,12 +51,11 @@ SETTINGS = {"head only": "head", "last 2 groups": "last:2", "all": "all"}
 def _split(a: argparse.Namespace) -> dict:
     """The product's own split (audit, duplicates dropped, seeded stratified split), for both contenders."""
     from ftcore.core.config import DataConfig
-    from ftcore.data.augment import preset_transforms
+    from ftcore.data.augment import build_transforms
     from ftcore.data.split import prepare_split
-    from ftcore.models.backbones import build_model
+    from ftcore.models.layers import meta_model
 
-    model, _ = build_model(a.model, 2, "auto", a.img_size)
-    _, _, short = preset_transforms(model, a.img_size)
+    _, _, short = build_transforms(meta_model(a.model), a.img_size)  # the model's configuration; no weights read
     split = prepare_split(DataConfig(train_dir=a.data, val_fraction=a.val_fraction), seed=a.seed, short_side=short,
                           store_root=a.store)
     return {"class_names": split.class_names, "train": split.train_files, "val": split.val_files}
@@ -82,7 +81,7 @@ def run_reference(a: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
 
-    from ftcore.data.augment import preset_transforms
+    from ftcore.data.augment import build_transforms
     from ftcore.models.backbones import build_model
     from ftcore.models.layers import (
         apply_freeze,
@@ -99,7 +98,7 @@ def run_reference(a: argparse.Namespace) -> dict:
     classes, train_files, val_files = split["class_names"], split["train"], split["val"]
     model, _ = build_model(a.model, len(classes), "auto", a.img_size)
     # The product's augmentation preset (its default unless --augment says), so that both loops augment alike.
-    train_tf, val_tf, _ = preset_transforms(model, a.img_size, a.augment)
+    train_tf, val_tf, _ = build_transforms(model, a.img_size, a.augment)
     ds_tr, ds_va = ImageFolder(a.data, transform=train_tf), ImageFolder(a.data, transform=val_tf)
     index = {p: i for i, (p, _) in enumerate(ds_tr.samples)}
     tr_idx = [index[f] for f in train_files]
@@ -143,12 +142,13 @@ def run_reference(a: argparse.Namespace) -> dict:
 
 
 def run_product(a: argparse.Namespace) -> dict:
-    """The product: ftcore.train.experiment.run_experiment with its caches, fine-tuned model only."""
+    """The product: ftcore.jobs.writer.run_experiment with its caches, fine-tuned model only."""
     import torch
 
     from ftcore.core.config import BackboneConfig, DataConfig, FreezeConfig, RunConfig, TrainConfig
+    from ftcore.core.events import EpochEvent
+    from ftcore.jobs.writer import run_experiment
     from ftcore.runs.store import RunStore
-    from ftcore.train.experiment import EpochEvent, run_experiment
 
     t0 = time.perf_counter()
     cfg = RunConfig(

@@ -14,7 +14,7 @@ Packages, in layer order (each imports only those before it; see
 - :mod:`ftcore.accel`: BatchNorm folding, frozen prefix, CPU kernels, device choice;
 - :mod:`ftcore.runs`: the SQLite run store and the comparison of a run's two models;
 - :mod:`ftcore.train`: ``fit`` with callbacks, schedules, the two-model experiment;
-- :mod:`ftcore.jobs`: executing runs (local worker processes);
+- :mod:`ftcore.jobs`: executing runs (the executor interface, local worker processes, the store writer);
 - :mod:`ftcore.cli`: ``python -m ftcore``.
 
 ftcore never imports streamlit.
@@ -39,6 +39,10 @@ _API = {
     "EARLY_STOPPING_METRICS": "ftcore.core.config", "SECTIONS": "ftcore.core.config",
     "FieldSpec": "ftcore.core.fields", "field_spec": "ftcore.core.fields", "field_specs": "ftcore.core.fields",
     "default_store_root": "ftcore.core.paths",
+    "RunStatus": "ftcore.core.records", "ModelRole": "ftcore.core.records", "RunFacts": "ftcore.core.records",
+    "ModelFacts": "ftcore.core.records", "PrefixDecision": "ftcore.core.records", "StepCost": "ftcore.core.records",
+    "EvalResult": "ftcore.core.records", "ExperimentResult": "ftcore.core.records",
+    "StepEvent": "ftcore.core.events", "EpochEvent": "ftcore.core.events", "LayerStats": "ftcore.core.events",
     # models
     "list_backbones": "ftcore.models.backbones", "describe_backbone": "ftcore.models.backbones",
     "check_weights_file": "ftcore.models.backbones", "resolve_weights": "ftcore.models.backbones",
@@ -56,10 +60,10 @@ _API = {
     "RunStore": "ftcore.runs.store", "RunRecord": "ftcore.runs.store", "compare_run": "ftcore.runs.compare",
     # train
     "group_peak_lrs": "ftcore.train.schedule", "lr_schedule": "ftcore.train.schedule",
-    "run_experiment": "ftcore.train.experiment", "StepEvent": "ftcore.train.loop", "EpochEvent": "ftcore.train.loop",
     # jobs
-    "start_run": "ftcore.jobs.local", "cancel_run": "ftcore.jobs.local", "refresh": "ftcore.jobs.local",
-    "latest_active_run": "ftcore.jobs.local", "run_worker": "ftcore.jobs.local",
+    "run_experiment": "ftcore.jobs.writer", "StoreWriter": "ftcore.jobs.writer", "Executor": "ftcore.jobs.executor",
+    "LocalExecutor": "ftcore.jobs.local", "start_run": "ftcore.jobs.local", "cancel_run": "ftcore.jobs.local",
+    "refresh": "ftcore.jobs.local", "latest_active_run": "ftcore.jobs.local", "run_worker": "ftcore.jobs.worker",
 }
 
 __all__ = sorted(_API)

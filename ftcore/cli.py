@@ -25,7 +25,9 @@ from ftcore import (
     ConfigError,
     DatasetError,
     FtcoreError,
+    ModelRole,
     RunConfig,
+    RunStatus,
     field_specs,
 )
 
@@ -243,31 +245,31 @@ def _train(args: argparse.Namespace) -> int:
         first = (str(e).strip().splitlines() or [""])[0]
         print(f"python -m ftcore train: error: run {run_id} failed: {type(e).__name__}: {first}", file=sys.stderr)
         return 1
-    info = store.get(run_id).info
-    for m in ("baseline", "finetuned"):
-        pre = info.get(f"{m}_prefix")
-        if pre and pre.get("used"):
-            print(f"{m}: frozen layers up to {pre['entry']} computed once ({pre['bytes'] / 1e6:.1f} MB, "
-                  f"{pre['seconds']:.1f} s)", file=sys.stderr)
+    facts = store.get(run_id).facts
+    for m in ModelRole:
+        pre = facts.model(m).prefix
+        if pre and pre.used:
+            print(f"{m}: frozen layers up to {pre.entry} computed once ({pre.bytes / 1e6:.1f} MB, "
+                  f"{pre.seconds:.1f} s)", file=sys.stderr)
         elif pre:
-            print(f"{m}: every layer ran each epoch ({pre['reason']})", file=sys.stderr)
-    if info.get("skipped"):
-        print(f"warning: {len(info['skipped'])} files could not be used and were left out, e.g. "
-              f"{info['skipped'][0]['path']}: {info['skipped'][0]['message']}", file=sys.stderr)
-    if info.get("empty_classes"):
-        print(f"warning: folders with no usable image were not made classes: {', '.join(info['empty_classes'])}",
+            print(f"{m}: every layer ran each epoch ({pre.reason})", file=sys.stderr)
+    if facts.skipped:
+        print(f"warning: {len(facts.skipped)} files could not be used and were left out, e.g. "
+              f"{facts.skipped[0].path}: {facts.skipped[0].message}", file=sys.stderr)
+    if facts.empty_classes:
+        print(f"warning: folders with no usable image were not made classes: {', '.join(facts.empty_classes)}",
               file=sys.stderr)
     status = summary.pop("status")
     out = {"run_id": run_id, "status": status, "device": device, **summary}
     if args.json:
         print(json.dumps(out))
     else:
-        for m in ("baseline", "finetuned"):
+        for m in ModelRole:
             if m in out:
                 r = out[m]
                 print(f"{m}: val accuracy {r['val_accuracy']:.4f}, val macro recall {r['val_macro_recall']:.4f}, "
                       f"{r['train_images_per_second']:.1f} train img/s, {r['seconds']:.1f} s")
-    return 0 if status == "finished" else 130
+    return 0 if status == RunStatus.FINISHED else 130
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from ftcore import FtcoreError, compare_run
+from ftcore import FtcoreError, ModelRole, RunStatus, compare_run
 from pages.common import age, current_run_id, get_store, route_through_app, step
 
 
@@ -19,7 +19,7 @@ def render() -> None:
     st.title("5. Compare")
     st.write("The frozen baseline (pretrained backbone frozen, only a new head trained) against the fine-tuned "
              "model, on the same validation images.")
-    runs = [r for r in store.list(limit=50) if (store.run_dir(r.run_id) / "finetuned_predictions.npz").exists()]
+    runs = [r for r in store.list(limit=50) if store.has_predictions(r.run_id, ModelRole.FINETUNED)]
     if not runs:
         st.info("No run has finished a fine-tuned epoch yet. Train one in step 4.")
         st.page_link(step("train"), label="Go to 4. Train", icon=":material/arrow_back:")
@@ -48,16 +48,17 @@ def render() -> None:
 
 def _overview(rec, cmp) -> None:
     """What the run is, and the overall metrics of both models."""
-    if rec.status != "finished":
+    if rec.status != RunStatus.FINISHED:
         st.warning(f"This run is {rec.status}; the numbers are from its last finished epoch.")
     if cmp.baseline is None:
         st.info("This run trained no frozen baseline; only the fine-tuned model is shown.")
-    majority = rec.info.get("majority_accuracy")
+    majority = rec.facts.majority_accuracy
+    unfrozen = ", ".join(rec.facts.model(ModelRole.FINETUNED).trainable_groups)
     st.caption(f"{int(cmp.finetuned.support.sum())} validation images, {len(cmp.class_names)} classes · backbone "
-               f"`{rec.config.backbone.name}` · unfrozen: {', '.join(rec.info.get('finetuned_trainable_groups', []))}"
+               f"`{rec.config.backbone.name}` · unfrozen: {unfrozen}"
                + (f" · always answering the largest class would score {majority:.1%} accuracy"
                   if majority is not None else ""))
-    for warning in rec.info.get("data_warnings") or []:
+    for warning in rec.facts.data_warnings:
         st.warning(warning)
     cols = st.columns(3)
     for col, (metric, row) in zip(cols, cmp.overall.iterrows()):
@@ -125,7 +126,7 @@ def _flipped(cmp) -> None:
 def _weight_change(store, run_id: str) -> None:
     """How far each layer group of the fine-tuned model moved from its pretrained weights, after the last epoch."""
     stats = store.layer_stats(run_id)
-    stats = stats[(stats["model"] == "finetuned")]
+    stats = stats[stats["model"] == ModelRole.FINETUNED]
     if stats.empty:
         return
     last = stats[stats["epoch"] == stats["epoch"].max()].sort_values("group_index")

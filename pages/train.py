@@ -9,7 +9,9 @@ from plotly.subplots import make_subplots
 
 from ftcore import (
     FtcoreError,
+    ModelRole,
     RunConfig,
+    RunStatus,
     TrainConfig,
     cancel_run,
     device_summary,
@@ -198,8 +200,8 @@ def learning_rates(w: Walk, train_cfg: TrainConfig) -> None:
         right.plotly_chart(schedule_lines(lr_schedule(groups, trainable, train_cfg, 20)), width="stretch")
 
 
-COLORS = {"baseline": "#8A94A6", "finetuned": "#2E7D6B"}
-NAMES = {"baseline": "frozen baseline", "finetuned": "fine-tuned"}
+COLORS = {ModelRole.BASELINE: "#8A94A6", ModelRole.FINETUNED: "#2E7D6B"}
+NAMES = {ModelRole.BASELINE: "frozen baseline", ModelRole.FINETUNED: "fine-tuned"}
 
 
 def curves(epochs: pd.DataFrame) -> go.Figure:
@@ -251,29 +253,29 @@ def live(run_id: str) -> None:
         if st.button("Cancel", icon=":material/stop:", help="Stops before the next batch; finished epochs are kept."):
             cancel_run(store, run_id)
             st.toast("Cancelling: the trainer stops before its next batch.")
-    elif rec.status == "finished":
+    elif rec.status == RunStatus.FINISHED:
         st.success("Finished: both models are trained on the same split.")
         st.page_link(step("compare"), label="See what fine-tuning bought: 5. Compare",
                      icon=":material/arrow_forward:")
-    elif rec.status == "cancelled":
+    elif rec.status == RunStatus.CANCELLED:
         st.warning("Cancelled. The metrics of finished epochs are kept.")
     else:
         st.error(f"Failed: {rec.error}")
-    if rec.info.get("device"):
-        st.caption(f"Device: {rec.info.get('device_text', rec.info['device'])} · weights: "
-                   f"{rec.info.get('weights', '')} · classes: {len(rec.info.get('class_names', []))}")
-    for model in ("baseline", "finetuned"):
-        pre = rec.info.get(f"{model}_prefix")
-        if pre and pre.get("used"):
-            st.caption(f"{NAMES[model].capitalize()}: the frozen layers up to `{pre['entry']}` were computed once "
-                       f"({pre['bytes'] / 1e6:.1f} MB, {pre['seconds']:.1f} s); only the layers from there on run "
+    facts = rec.facts
+    if facts.device:
+        st.caption(f"Device: {facts.device_text or facts.device} · weights: {facts.weights} · "
+                   f"classes: {len(facts.class_names)}")
+    for role in ModelRole:
+        pre = facts.model(role).prefix
+        if pre and pre.used:
+            st.caption(f"{NAMES[role].capitalize()}: the frozen layers up to `{pre.entry}` were computed once "
+                       f"({pre.bytes / 1e6:.1f} MB, {pre.seconds:.1f} s); only the layers from there on run "
                        "each epoch, and augmentation before them does not vary between epochs.")
         elif pre:
-            st.caption(f"{NAMES[model].capitalize()}: every layer runs each epoch ({pre['reason']}).")
-    skipped = rec.info.get("skipped") or []
-    if skipped:
-        with st.expander(f"{len(skipped)} files were left out"):
-            st.dataframe(pd.DataFrame(skipped), hide_index=True)
+            st.caption(f"{NAMES[role].capitalize()}: every layer runs each epoch ({pre.reason}).")
+    if facts.skipped:
+        with st.expander(f"{len(facts.skipped)} files were left out"):
+            st.dataframe(pd.DataFrame([p.to_dict() for p in facts.skipped]), hide_index=True)
     ep = store.epochs(run_id)
     if ep.empty:
         st.caption("Curves appear after the first epoch.")
@@ -287,7 +289,7 @@ def live(run_id: str) -> None:
                        help=f"macro recall {row['val_macro_recall']:.1%}, {row['images_per_second']:.1f} "
                             "training images per second")
     stats = store.layer_stats(run_id)
-    stats = stats[stats["model"] == "finetuned"]
+    stats = stats[stats["model"] == ModelRole.FINETUNED]
     if not stats.empty:
         st.markdown("**What fine-tuning did to each layer group** (per epoch: how far its weights moved from the "
                     "pretrained ones, its gradient norm, and the learning rate it got)")

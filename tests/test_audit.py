@@ -61,7 +61,7 @@ def snapshot(root: Path) -> dict:
 
 
 def train(root, store, **kw):
-    from ftcore.train.experiment import run_experiment
+    from ftcore.jobs.writer import run_experiment
 
     cfg = tiny_run_config(root, **kw)
     run_id = store.create_run(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
 import numpy as np
@@ -13,7 +14,8 @@ from conftest import tiny_run_config
 from PIL import Image
 
 from ftcore.core.errors import ConfigError
-from ftcore.data.augment import preset_transforms
+from ftcore.data.augment import build_transforms
+from ftcore.jobs.writer import run_experiment
 from ftcore.train import experiment as training
 
 
@@ -36,23 +38,24 @@ def _apply_with_seed(tf, img, seed):
 
 @pytest.mark.parametrize("preset", ["none", "light", "standard"])
 def test_validation_transform_is_deterministic_for_every_preset(model, preset):
-    _, val_tf, short = preset_transforms(model, 32, preset)
+    _, val_tf, short = build_transforms(model, 32, preset)
     img = _image()
     a, b = _apply_with_seed(val_tf, img, 1), _apply_with_seed(val_tf, img, 2)
     assert a.shape == (3, 32, 32) and torch.equal(a, b)
-    from ftcore.data.split import build_transforms
+    from ftcore.data import split
 
-    assert short == build_transforms(model, 32)[2]
+    assert split.build_transforms is build_transforms, "one builder of the transforms"
+    assert short == build_transforms(model, 32)[2] == math.ceil(32 / model.pretrained_cfg["crop_pct"])
 
 
 def test_none_trains_on_the_validation_transform(model):
-    train_tf, val_tf, _ = preset_transforms(model, 32, "none")
+    train_tf, val_tf, _ = build_transforms(model, 32, "none")
     assert train_tf is val_tf
 
 
 @pytest.mark.parametrize("preset", ["light", "standard"])
 def test_light_and_standard_are_random(model, preset):
-    train_tf, _, _ = preset_transforms(model, 32, preset)
+    train_tf, _, _ = build_transforms(model, 32, preset)
     img = _image()
     outs = [_apply_with_seed(train_tf, img, s) for s in range(4)]
     assert all(o.shape == (3, 32, 32) for o in outs)
@@ -61,15 +64,15 @@ def test_light_and_standard_are_random(model, preset):
 
 
 def test_standard_uses_randaugment_and_light_does_not(model):
-    light, _, _ = preset_transforms(model, 32, "light")
-    standard, _, _ = preset_transforms(model, 32, "standard")
+    light, _, _ = build_transforms(model, 32, "light")
+    standard, _, _ = build_transforms(model, 32, "standard")
     assert "RandAugment" in repr(standard) and "RandAugment" not in repr(light)
     assert "scale=(0.5, 1.0)" in repr(light) and "scale=(0.08, 1.0)" in repr(standard)
 
 
 def test_unknown_preset(model):
     with pytest.raises(ConfigError, match=r"augmentation preset 'heavy' is not one of none, light, standard"):
-        preset_transforms(model, 32, "heavy")
+        build_transforms(model, 32, "heavy")
 
 
 def test_experiment_validates_on_deterministic_inputs_and_stores_layer_stats(make_image_folder, store, monkeypatch):
@@ -87,7 +90,7 @@ def test_experiment_validates_on_deterministic_inputs_and_stores_layer_stats(mak
 
     monkeypatch.setattr(training, "fit", spy_fit)
     rid = store.create_run(cfg)
-    summary = training.run_experiment(cfg, store, rid)
+    summary = run_experiment(cfg, store, rid)
     assert summary["status"] == "finished"
     tl, vl = seen["loaders"]
 

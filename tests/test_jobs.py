@@ -18,7 +18,9 @@ import pytest
 from conftest import _make_image_folder, tiny_run_config
 
 from ftcore.jobs import local as jobs
-from ftcore.jobs.local import cancel_run, latest_active_run, pid_alive, refresh, run_worker, start_run
+from ftcore.jobs import worker
+from ftcore.jobs.local import cancel_run, latest_active_run, pid_alive, refresh, start_run
+from ftcore.jobs.worker import run_worker
 from ftcore.runs.store import RunStore
 
 POLL = 0.3
@@ -179,7 +181,7 @@ def test_cancel_run_on_ended_run_is_a_no_op(store, make_image_folder):
 def no_signal_handlers(monkeypatch):
     """run_worker installs a SIGTERM handler; keep pytest's own."""
     installed = []
-    monkeypatch.setattr(jobs.signal, "signal", lambda sig, handler: installed.append(sig))
+    monkeypatch.setattr(worker.signal, "signal", lambda sig, handler: installed.append(sig))
     return installed
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ftcore.accel._prefix import compute_features, cut_applied, feature_bytes, find_prefix_cut
 from ftcore.core.config import TrainConfig
 from ftcore.models.layers import apply_freeze, layer_groups, trainable_group_names
-from ftcore.train.experiment import fit
+from ftcore.train.loop import Runtime, fit
 
 FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit", "test_byobnet"]
 
@@ -85,11 +85,11 @@ def test_training_from_cached_activations_equals_training_the_whole_model(name, 
         return (DataLoader(TensorDataset(inputs, y), batch_size=4, shuffle=True, generator=g),
                 DataLoader(TensorDataset(inputs, y), batch_size=6))
 
-    res_full = fit(m_full, *loaders(x), tc, "finetuned", torch.device("cpu"))
+    res_full = fit(m_full, *loaders(x), tc, torch.device("cpu"), name="finetuned")
     cut = find_prefix_cut(m_cut, x[:3])
     feats = compute_features(m_cut, cut, [x])
     with cut_applied(m_cut, cut) as run:
-        res_cut = fit(m_cut, *loaders(feats), tc, "finetuned", torch.device("cpu"), forward=run)
+        res_cut = fit(m_cut, *loaders(feats), tc, Runtime(torch.device("cpu"), forward=run), name="finetuned")
     for (k, a), (_, b) in zip(m_full.state_dict().items(), m_cut.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
     assert [e.train_loss for e in res_cut.history] == pytest.approx([e.train_loss for e in res_full.history], rel=1e-4)

@@ -162,6 +162,7 @@ def test_predictions_round_trip(store):
     assert got["probs"].dtype == np.float32
     assert got["files"].tolist() == files
     assert store.load_predictions(run_id, "baseline") is None
+    assert store.has_predictions(run_id, "finetuned") and not store.has_predictions(run_id, "baseline")
 
 
 def test_save_json_handles_numpy(store):
@@ -210,3 +211,51 @@ def test_store_made_before_layer_stats_gains_the_table(tmp_path):
     s = RunStore(root)
     rid = s.create_run(_cfg())
     assert s.layer_stats(rid).empty
+
+
+# -- typed records ---------------------------------------------------------------------------------------
+
+def test_records_are_typed_and_stored_as_before(store):
+    from ftcore.core.records import ModelFacts, ModelRole, PrefixDecision, RunFacts, RunStatus
+
+    rid = store.create_run(_cfg())
+    rec = store.get(rid)
+    assert rec.status is RunStatus.QUEUED and rec.status == "queued" and rec.facts == RunFacts()
+    store.update(rid, status=RunStatus.RUNNING)
+    store.merge_info(rid, **RunFacts(device="cpu", class_names=("a", "b")).to_dict())
+    store.merge_info(rid, **ModelFacts(("head",), 3, 7, prefix=PrefixDecision(False, "off")).flat(ModelRole.FINETUNED))
+    rec = store.get(rid)
+    assert rec.status is RunStatus.RUNNING and rec.active
+    assert [r.run_id for r in store.list(status=("running",))] == [rid]
+    assert rec.facts.class_names == ("a", "b") and rec.facts.model("finetuned").prefix.reason == "off"
+    # the stored JSON keeps its plain keys, as the pages read them
+    assert rec.info["finetuned_prefix"] == {"used": False, "reason": "off"} and rec.info["class_names"] == ["a", "b"]
+
+
+def test_a_run_written_by_a_newer_version_is_read(store):
+    import sqlite3
+
+    from ftcore.core.records import RunStatus
+
+    rid = store.create_run(_cfg())
+    with sqlite3.connect(store.db_path) as con:
+        con.execute("UPDATE runs SET status = 'paused', info = ? WHERE run_id = ?",
+                    (json.dumps({"device": "cpu", "scheduler": "ray", "finetuned_trainable_params": 5}), rid))
+    rec = store.get(rid)
+    assert rec.status == "paused" and isinstance(rec.status, RunStatus) and not rec.active
+    assert rec.facts.extra == {"scheduler": "ray"} and rec.facts.model("finetuned").trainable_params == 5
+    assert [r.run_id for r in store.list()] == [rid]
+
+
+def test_summary_of_a_run(store):
+    from ftcore.core.records import ModelRole
+
+    rid = store.create_run(_cfg())
+    assert store.summary(rid) is None
+    store.save_json(rid, "summary.json", {"baseline": {"val_accuracy": 0.5, "seconds": 1.0}, "note": "kept"})
+    s = store.summary(rid)
+    assert s.models[ModelRole.BASELINE].val_accuracy == 0.5 and s.models[ModelRole.BASELINE].epochs_done == 0
+    assert s.extra == {"note": "kept"} and s.status is None
+    (store.run_dir(rid) / "summary.json").write_text("{not json")
+    with pytest.raises(RunStoreError, match="summary.json.*damaged"):
+        store.summary(rid)

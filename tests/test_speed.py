@@ -7,7 +7,8 @@ import torch
 from conftest import tiny_run_config
 
 from ftcore.core.config import RunConfig
-from ftcore.train.experiment import run_experiment, set_threads
+from ftcore.jobs.writer import run_experiment
+from ftcore.train.experiment import set_threads
 
 
 def _run(store, cfg):

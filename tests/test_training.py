@@ -16,11 +16,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ftcore.core.config import TrainConfig
 from ftcore.core.errors import DatasetError, TrainingError
+from ftcore.core.events import EpochEvent, StepEvent
 from ftcore.data.split import build_transforms, prepare_split
+from ftcore.jobs.writer import run_experiment
 from ftcore.models.backbones import build_model
 from ftcore.models.layers import apply_freeze, layer_groups, trainable_group_names, trainable_param_names
 from ftcore.runs.store import EPOCH_COLUMNS
-from ftcore.train.experiment import EpochEvent, StepEvent, _loaders, fit, run_experiment
+from ftcore.train.callbacks import Report, StopFlag
+from ftcore.train.inputs import make_loaders
+from ftcore.train.loop import fit
 
 CPU = torch.device("cpu")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -88,7 +92,7 @@ def test_fit_keeps_frozen_groups_bit_identical(name, unfreeze, monkeypatch):
     monkeypatch.setattr(torch.optim, "AdamW", spy_adamw)
     tl, vl = _tensor_loaders()
     tc = TrainConfig(epochs=2, batch_size=4, lr=0.05, backbone_lr_scale=0.2, weight_decay=0.01, update_bn=True)
-    res = fit(model, tl, vl, tc, "finetuned", CPU)
+    res = fit(model, tl, vl, tc, CPU, name="finetuned")
     n_steps = 2 * len(tl)
     assert len(res.history) == 2 and not res.cancelled
 
@@ -135,7 +139,7 @@ def test_fit_keeps_all_batchnorm_statistics_by_default(name):
     apply_freeze(model, groups, trainable)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tl, vl = _tensor_loaders()
-    fit(model, tl, vl, TrainConfig(epochs=1, batch_size=4, lr=0.05, backbone_lr_scale=1.0), "finetuned", CPU)
+    fit(model, tl, vl, TrainConfig(epochs=1, batch_size=4, lr=0.05, backbone_lr_scale=1.0), CPU, name="finetuned")
     after = model.state_dict()
     learn = {n for g in groups if g.name in trainable for n in g.param_names}
     n_bn_learning = 0
@@ -158,7 +162,7 @@ def test_fit_events_and_result():
     steps: list[StepEvent] = []
     epochs: list[EpochEvent] = []
     tc = TrainConfig(epochs=3, batch_size=4, lr=0.01)
-    res = fit(model, tl, vl, tc, "baseline", CPU, on_step=steps.append, on_epoch=epochs.append)
+    res = fit(model, tl, vl, tc, CPU, name="baseline", callbacks=[Report(steps.append, epochs.append)])
     assert len(tl) == 3
     assert [s.step for s in steps] == list(range(1, 10))
     assert all(s.total_steps == 9 and s.model == "baseline" for s in steps)
@@ -192,8 +196,8 @@ def test_fit_should_stop():
     def stop():
         return len(steps) >= 4  # 3 steps in epoch 1, one in epoch 2
 
-    res = fit(model, tl, vl, TrainConfig(epochs=3, batch_size=4), "finetuned", CPU, on_step=steps.append,
-              should_stop=stop)
+    res = fit(model, tl, vl, TrainConfig(epochs=3, batch_size=4), CPU, name="finetuned",
+              callbacks=[Report(on_step=steps.append), StopFlag(stop)])
     assert res.cancelled
     assert len(steps) == 4 and len(res.history) == 1
     assert res.val_pred is not None and len(res.val_pred) == 6  # from the finished first epoch
@@ -206,7 +210,7 @@ def test_fit_non_finite_loss_raises():
     tl, vl = _tensor_loaders()
     with pytest.raises(TrainingError, match=r"finetuned: the loss became nan at step 1 \(epoch 1\) with learning "
                                             r"rate 0.001; try a learning rate ten times lower"):
-        fit(model, tl, vl, TrainConfig(epochs=1, lr=1e-3), "finetuned", CPU)
+        fit(model, tl, vl, TrainConfig(epochs=1, lr=1e-3), CPU, name="finetuned")
 
 
 # -- loaders ---------------------------------------------------------------------------------
@@ -223,12 +227,12 @@ def test_loaders_drop_a_last_batch_of_one(make_image_folder):
     assert len(split.train_images) == 12
     model = timm.create_model("test_resnet", pretrained=False, num_classes=2)
     tr_tf, va_tf, _ = build_transforms(model, 32)
-    tl, vl = _loaders(split, tr_tf, va_tf, TrainConfig(batch_size=11), 0)
+    tl, vl = make_loaders(split, tr_tf, va_tf, TrainConfig(batch_size=11), 0)
     assert len(tl) == 1 and [len(y) for _, y in tl] == [11]
     assert [len(y) for _, y in vl] == [4]
-    tl, _ = _loaders(split, tr_tf, va_tf, TrainConfig(batch_size=5), 0)
+    tl, _ = make_loaders(split, tr_tf, va_tf, TrainConfig(batch_size=5), 0)
     assert [len(y) for _, y in tl] == [5, 5, 2], "a last batch of two is kept"
-    tl, _ = _loaders(split, tr_tf, va_tf, TrainConfig(batch_size=500), 0)
+    tl, _ = make_loaders(split, tr_tf, va_tf, TrainConfig(batch_size=500), 0)
     assert [len(y) for _, y in tl] == [12], "batch size is capped at the training set"
 
 
@@ -423,7 +427,6 @@ def test_same_seed_same_metrics(make_image_folder, tmp_path):
     from conftest import tiny_run_config
 
     from ftcore.runs.store import RunStore
-    from ftcore.train.experiment import run_experiment
 
     data = make_image_folder(classes={"red": 8, "green": 8})
     cfg = tiny_run_config(data, epochs=2)
@@ -436,16 +439,22 @@ def test_same_seed_same_metrics(make_image_folder, tmp_path):
     assert results[0].equals(results[1]), (results[0], results[1])
 
 
-def test_step_cost_factor_grows_with_the_unfrozen_depth():
+def test_step_costs_are_the_flops_estimate_of_the_layers_page():
+    """The time-left estimate uses the measured-FLOPs step cost (the Layers page's), not a parameter share."""
+    from ftcore.core.records import ModelRole
+    from ftcore.models.compute import describe_compute, step_cost
     from ftcore.models.layers import describe_layer_groups
-    from ftcore.train.experiment import step_cost_factor
+    from ftcore.train.experiment import step_costs
 
-    groups = describe_layer_groups("test_resnet")
-    names = [g.name for g in groups]
-    assert step_cost_factor(groups, ("head",)) == 1.0
-    assert step_cost_factor(groups, tuple(names)) == pytest.approx(3.0)
-    last = step_cost_factor(groups, (names[-2], "head"))
-    assert 1.0 < last < 3.0
+    costs = step_costs(tiny_run_config("/nowhere", unfreeze="last:2", img_size=32), 3)
+    groups = describe_layer_groups("test_resnet", 3)
+    page = step_cost(describe_compute("test_resnet", 32, 3), groups, trainable_group_names(groups, "last:2"))
+    ft, base = costs[ModelRole.FINETUNED], costs[ModelRole.BASELINE]
+    assert ft.to_dict() == page
+    assert ft.method == "measured" and base.vs_linear_probe == pytest.approx(1.0)
+    assert 1.0 < ft.vs_linear_probe < 3.0
+    costs_all = step_costs(tiny_run_config("/nowhere", unfreeze="all", img_size=32), 3)
+    assert costs_all[ModelRole.FINETUNED].vs_linear_probe > ft.vs_linear_probe
 
 
 @pytest.mark.parametrize("balance", ["none", "loss", "sampler"])
@@ -455,6 +464,7 @@ def test_class_balance_reaches_the_loss_or_the_batch_order(make_image_folder, st
 
     import ftcore.train.experiment as tr
     from ftcore.core.config import RunConfig
+    from ftcore.jobs.writer import run_experiment
 
     seen = []
     real_fit = tr.fit
@@ -468,7 +478,7 @@ def test_class_balance_reaches_the_loss_or_the_batch_order(make_image_folder, st
     d = tiny_run_config(folder, unfreeze="last:1").to_dict()
     d["train"]["class_balance"] = balance
     cfg = RunConfig.from_dict(d)
-    summary = tr.run_experiment(cfg, store, store.create_run(cfg))
+    summary = run_experiment(cfg, store, store.create_run(cfg))
     assert summary["status"] == "finished" and len(seen) == 2  # baseline and fine-tuned, both balanced alike
     for sampler, weights in seen:
         assert isinstance(sampler, WeightedRandomSampler) == (balance == "sampler")

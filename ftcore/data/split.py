@@ -10,7 +10,6 @@ both. Layouts, file problems and the decoding rules are described in
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 from ftcore.core.config import DataConfig
 from ftcore.core.errors import DatasetError
 from ftcore.data.audit import AuditReport, audit_dataset, majority_accuracy, refusal_message, val_share
+from ftcore.data.augment import build_transforms  # the one builder; here for the callers of this module
 from ftcore.data.images import IMAGE_SUFFIXES, decode_image
 from ftcore.data.scan import Layout, Problem, check_data_root, data_roots, find_layout
 
@@ -325,40 +325,6 @@ class ArrayImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
-
-
-def build_transforms(model: torch.nn.Module, img_size: int | None = None) -> tuple[Callable, Callable, int]:
-    """Training and validation transforms from the model's timm data config.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        A timm model; its ``pretrained_cfg`` gives mean, std, interpolation
-        and crop fraction (``timm.data.resolve_data_config``).
-    img_size : int or None
-        Square input size in pixels; None uses the model's default.
-
-    Returns
-    -------
-    train_transform : callable
-        timm's ImageNet training transform: random resized crop (scale 0.35
-        to 1), horizontal flip, colour jitter 0.2, normalisation.
-    val_transform : callable
-        Deterministic: resize the shorter side to ``size / crop_pct``,
-        centre crop, normalisation.
-    short_side : int
-        Shorter side in pixels that decoded images need (``size / crop_pct``,
-        rounded up), for :func:`prepare_split`.
-    """
-    from timm.data import create_transform, resolve_data_config
-
-    cfg = resolve_data_config(model=model)
-    if img_size is not None:
-        cfg["input_size"] = (3, img_size, img_size)
-    size = cfg["input_size"][-1]
-    train_tf = create_transform(**cfg, is_training=True, scale=(0.35, 1.0), color_jitter=0.2)
-    val_tf = create_transform(**cfg, is_training=False)
-    return train_tf, val_tf, math.ceil(size / cfg.get("crop_pct", 0.875))
 
 
 def write_demo_dataset(dest: str | Path, size: int = 32) -> Path:

@@ -1,12 +1,13 @@
-"""Run training in its own OS process; cancel it; find it again.
+"""The local executor: each run in its own OS process on this machine; cancel it; find it again.
 
-:func:`start_run` records a run in the store and starts
-``python -m ftcore worker RUN_ID`` in a new session. The worker writes
-status, progress and metrics into the store; a page only reads the store, so
-a browser refresh, a second tab or a restarted Streamlit server finds the run
-again by id (:func:`latest_active_run`). :func:`cancel_run` sets the store's
-cancel flag, which the trainer checks before every batch, and sends SIGTERM
-as a second signal.
+:class:`LocalExecutor` starts ``python -m ftcore worker RUN_ID`` in a new
+session for a queued run (:func:`ftcore.jobs.worker.run_worker`). The worker
+writes status, progress and metrics into the store; a page only reads the
+store, so a browser refresh, a second tab or a restarted Streamlit server
+finds the run again by id (:func:`latest_active_run`). Cancelling sets the
+store's cancel flag, which the trainer checks before every batch, and sends
+SIGTERM as a second signal. The module functions are the public API the
+pages and the CLI use.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ import time
 from pathlib import Path
 
 from ftcore.core.config import RunConfig
-from ftcore.runs.store import ACTIVE, RunRecord, RunStore
+from ftcore.core.records import RunStatus
+from ftcore.jobs.executor import Executor
+from ftcore.runs.store import RunRecord, RunStore
 
-__all__ = ["start_run", "cancel_run", "refresh", "latest_active_run", "run_worker", "pid_alive"]
+__all__ = ["LocalExecutor", "start_run", "cancel_run", "refresh", "latest_active_run", "pid_alive", "STALE_SECONDS"]
 
 log = logging.getLogger(__name__)
+
+#: A run without a process id that has not written for this long is taken as dead, in seconds.
+STALE_SECONDS = 600
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -48,6 +54,70 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
+class LocalExecutor(Executor):
+    """Runs each submitted run in a worker process of its own (``python -m ftcore worker``) on this machine.
+
+    The process runs in a new session with ``FTCORE_HOME`` set to the store,
+    this checkout on its ``PYTHONPATH`` and its output in the run's
+    ``worker.log``; its id is recorded as the run's ``pid``.
+    """
+
+    def submit(self, run_id: str) -> None:
+        store = self.store
+        log_path = store.run_dir(run_id) / "worker.log"
+        env = dict(os.environ, FTCORE_HOME=str(store.root))
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ftcore", "worker", "--store", str(store.root), run_id],
+                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True, cwd=root,
+            )
+        store.update(run_id, pid=proc.pid, message="starting the worker process")
+        log.info("started run %s in process %d", run_id, proc.pid)
+
+    def cancel(self, run_id: str) -> None:
+        rec = self.store.get(run_id)
+        if not rec.active:
+            return
+        self.store.request_cancel(run_id)
+        if rec.pid and pid_alive(rec.pid):
+            try:
+                os.kill(rec.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def refresh(self, run_id: str) -> RunRecord:
+        """The run's record, marking it failed if its process died without saying so.
+
+        A process that is gone (killed, out of memory, terminal closed) cannot
+        write its final status; its run would look active for ever and keep the
+        dashboard's Start button disabled. An active run with no process id
+        that has not written for :data:`STALE_SECONDS` counts as gone too.
+        """
+        store = self.store
+        rec = store.get(run_id)
+        if rec.active and not rec.pid and time.time() - rec.updated > STALE_SECONDS:
+            store.update(run_id, status=RunStatus.FAILED, message="failed",
+                         error=f"no process and no progress for {STALE_SECONDS // 60} minutes")
+            return store.get(run_id)
+        if rec.active and rec.pid and not pid_alive(rec.pid):
+            rec = store.get(run_id)  # the worker may have written its final status just now
+            if rec.active and rec.cancel_requested:
+                store.update(run_id, status=RunStatus.CANCELLED, eta_seconds=None,
+                             message="cancelled by the user before training began")
+                rec = store.get(run_id)
+            elif rec.active:
+                p = store.run_dir(run_id) / "worker.log"
+                lines = p.read_text(errors="replace").strip().splitlines() if p.exists() else []
+                tail = f": {lines[-1]}" if lines else ""
+                store.update(run_id, status=RunStatus.FAILED, message="failed",
+                             error=f"the worker process ended unexpectedly{tail} (log: {p})")
+                rec = store.get(run_id)
+        return rec
+
+
 def start_run(config: RunConfig, store: RunStore) -> str:
     """Record a run and start its worker process.
 
@@ -61,119 +131,25 @@ def start_run(config: RunConfig, store: RunStore) -> str:
     str
         The run id; the run is ``queued`` until the worker marks it ``running``.
     """
-    run_id = store.create_run(config)
-    log_path = store.run_dir(run_id) / "worker.log"
-    env = dict(os.environ, FTCORE_HOME=str(store.root))
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ftcore", "worker", "--store", str(store.root), run_id],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True, cwd=root,
-        )
-    store.update(run_id, pid=proc.pid, message="starting the worker process")
-    log.info("started run %s in process %d", run_id, proc.pid)
-    return run_id
-
-
-#: A run without a process id that has not written for this long is taken as dead, in seconds.
-STALE_SECONDS = 600
+    return LocalExecutor(store).start(config)
 
 
 def refresh(store: RunStore, run_id: str) -> RunRecord:
-    """The run's record, marking it failed if its process died without saying so.
+    """The run's record, marking it failed if its process died without saying so (:meth:`LocalExecutor.refresh`).
 
-    A process that is gone (killed, out of memory, terminal closed) cannot
-    write its final status; its run would look active for ever and keep the
-    dashboard's Start button disabled.
+    Raises
+    ------
+    RunStoreError
+        If the run is not in the store.
     """
-    rec = store.get(run_id)
-    if rec.active and not rec.pid and time.time() - rec.updated > STALE_SECONDS:
-        store.update(run_id, status="failed", error=f"no process and no progress for {STALE_SECONDS // 60} minutes",
-                     message="failed")
-        return store.get(run_id)
-    if rec.active and rec.pid and not pid_alive(rec.pid):
-        rec = store.get(run_id)  # the worker may have written its final status just now
-        if rec.active and rec.cancel_requested:
-            store.update(run_id, status="cancelled", eta_seconds=None,
-                         message="cancelled by the user before training began")
-            rec = store.get(run_id)
-        elif rec.active:
-            tail = ""
-            p = store.run_dir(run_id) / "worker.log"
-            if p.exists():
-                lines = p.read_text(errors="replace").strip().splitlines()
-                tail = lines[-1] if lines else ""
-            store.update(run_id, status="failed", error="the worker process ended unexpectedly"
-                         + (f": {tail}" if tail else "") + f" (log: {p})", message="failed")
-            rec = store.get(run_id)
-    return rec
+    return LocalExecutor(store).refresh(run_id)
 
 
 def cancel_run(store: RunStore, run_id: str) -> None:
-    """Ask a run to stop; the trainer stops before its next batch."""
-    rec = store.get(run_id)
-    if not rec.active:
-        return
-    store.request_cancel(run_id)
-    if rec.pid and pid_alive(rec.pid):
-        try:
-            os.kill(rec.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    """Ask a run to stop; the trainer stops before its next batch (a run that has ended is left alone)."""
+    LocalExecutor(store).cancel(run_id)
 
 
 def latest_active_run(store: RunStore) -> RunRecord | None:
     """The newest queued or running run whose worker is alive, if any."""
-    for rec in store.list(limit=20, status=ACTIVE):
-        rec = refresh(store, rec.run_id)
-        if rec.active:
-            return rec
-    return None
-
-
-def run_worker(store: RunStore, run_id: str, stop_flag: dict | None = None) -> int:
-    """Body of the worker process: train the run, honour cancel requests.
-
-    Parameters
-    ----------
-    store : RunStore
-    run_id : str
-    stop_flag : dict or None
-        ``{"stop": bool}`` set by a SIGTERM handler installed before the
-        heavy imports (see :func:`ftcore.cli.main`); one is made and a handler
-        installed here when None.
-
-    Returns
-    -------
-    int
-        Process exit status: 0 when finished or cancelled, 1 when failed.
-    """
-    from ftcore.core.errors import FtcoreError
-    from ftcore.train.experiment import run_experiment
-
-    flag = stop_flag if stop_flag is not None else {"stop": False}
-    if stop_flag is None:
-        def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
-            flag["stop"] = True
-
-        signal.signal(signal.SIGTERM, on_term)
-    rec = store.get(run_id)
-    if rec.status != "queued":
-        log.warning("run %s is %s, not queued; not starting it", run_id, rec.status)
-        return 1
-    store.update(run_id, pid=os.getpid())
-
-    def should_stop() -> bool:
-        return flag["stop"] or store.cancel_requested(run_id)
-
-    try:
-        run_experiment(rec.config, store, run_id, should_stop=should_stop)
-    except FtcoreError as e:
-        log.error("run %s failed: %s", run_id, e)
-        return 1
-    except Exception:
-        log.exception("run %s failed", run_id)
-        return 1
-    return 0
+    return LocalExecutor(store).latest_active()

@@ -8,6 +8,9 @@ import pandas as pd
 
 from ftcore.core.errors import RunStoreError
 from ftcore.core.metrics import Summary, compare_overall, compare_per_class, summarize
+from ftcore.core.records import ModelRole
+
+__all__ = ["RunComparison", "compare_run"]
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,11 @@ def compare_run(store, run_id: str) -> RunComparison:
         If the run is unknown or has no fine-tuned predictions yet.
     """
     rec = store.get(run_id)
-    names = list(rec.info.get("class_names", []))
-    ft = store.load_predictions(run_id, "finetuned")
+    names = list(rec.facts.class_names)
+    ft = store.load_predictions(run_id, ModelRole.FINETUNED)
     if ft is None or not names:
         raise RunStoreError(f"run {run_id} has no fine-tuned validation predictions yet (status: {rec.status}).")
-    b = store.load_predictions(run_id, "baseline")
+    b = store.load_predictions(run_id, ModelRole.BASELINE)
     n = len(names)
     fs = summarize(ft["y_true"], ft["y_pred"], n)
     bs = summarize(b["y_true"], b["y_pred"], n) if b is not None else None

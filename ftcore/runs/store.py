@@ -32,13 +32,14 @@ import pandas as pd
 from ftcore.core.config import RunConfig
 from ftcore.core.errors import RunStoreError
 from ftcore.core.paths import default_store_root
+from ftcore.core.records import ACTIVE_STATUSES, ExperimentResult, ModelRole, RunFacts, RunStatus
 
 __all__ = ["RunStore", "RunRecord", "default_store_root", "ACTIVE", "MODELS"]
 
 #: Statuses of a run that has not ended.
-ACTIVE = ("queued", "running")
+ACTIVE = ACTIVE_STATUSES
 #: The two models trained in a run, in training order.
-MODELS = ("baseline", "finetuned")
+MODELS = tuple(ModelRole)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -92,8 +93,9 @@ class RunRecord:
     run_id : str
     created, updated : float
         Unix times in seconds.
-    status : str
-        ``queued``, ``running``, ``finished``, ``cancelled`` or ``failed``.
+    status : RunStatus
+        ``queued``, ``running``, ``finished``, ``cancelled`` or ``failed`` (a ``str`` enum: compares
+        equal to those strings); a status written by a newer version is kept as its own member.
     config : RunConfig
     pid : int or None
         Worker process id while it runs.
@@ -107,13 +109,14 @@ class RunRecord:
     eta_seconds : float or None
         Estimated seconds left.
     info : dict
-        Facts about the run (device, weights source, class names, counts...).
+        Facts about the run as stored (device, weights source, class names, counts...); :attr:`facts`
+        reads them typed.
     """
 
     run_id: str
     created: float
     updated: float
-    status: str
+    status: RunStatus
     config: RunConfig
     pid: int | None
     cancel_requested: bool
@@ -129,6 +132,11 @@ class RunRecord:
     def active(self) -> bool:
         """True while queued or running."""
         return self.status in ACTIVE
+
+    @property
+    def facts(self) -> RunFacts:
+        """The run's facts, typed (:class:`ftcore.core.records.RunFacts`; per model ``facts.model(role)``)."""
+        return RunFacts.from_dict(self.info)
 
 
 class RunStore:
@@ -192,7 +200,8 @@ class RunStore:
 
     def update(self, run_id: str, **fields: Any) -> None:
         """Set columns of a run (``status``, ``message``, ``phase``, ...)."""
-        allowed = {"status", "pid", "message", "error", "phase", "step", "total_steps", "eta_seconds", "cancel_requested"}
+        allowed = {"status", "pid", "message", "error", "phase", "step", "total_steps", "eta_seconds",
+                   "cancel_requested"}
         bad = set(fields) - allowed
         if bad:
             raise RunStoreError(f"cannot set {sorted(bad)} on a run; allowed: {sorted(allowed)}.")
@@ -242,7 +251,7 @@ class RunStore:
     @staticmethod
     def _record(row: sqlite3.Row) -> RunRecord:
         return RunRecord(
-            run_id=row["run_id"], created=row["created"], updated=row["updated"], status=row["status"],
+            run_id=row["run_id"], created=row["created"], updated=row["updated"], status=RunStatus.read(row["status"]),
             config=RunConfig.from_dict(json.loads(row["config"])), pid=row["pid"],
             cancel_requested=bool(row["cancel_requested"]), message=row["message"], error=row["error"],
             phase=row["phase"], step=row["step"], total_steps=row["total_steps"],
@@ -328,6 +337,10 @@ class RunStore:
         np.savez_compressed(p, y_true=y_true, y_pred=y_pred, probs=probs, files=np.asarray(files, dtype=str))
         return p
 
+    def has_predictions(self, run_id: str, model: ModelRole | str) -> bool:
+        """Whether `model` of a run has saved validation predictions (without reading them)."""
+        return (self.run_dir(run_id) / f"{model}_predictions.npz").exists()
+
     def load_predictions(self, run_id: str, model: str) -> dict[str, np.ndarray] | None:
         """Arrays saved by :meth:`save_predictions`, or None if absent."""
         p = self.run_dir(run_id) / f"{model}_predictions.npz"
@@ -335,6 +348,22 @@ class RunStore:
             return None
         with np.load(p) as z:
             return {k: z[k] for k in z.files}
+
+    def summary(self, run_id: str) -> ExperimentResult | None:
+        """What the models of a run achieved (its ``summary.json``, without the status), or None if absent.
+
+        Raises
+        ------
+        RunStoreError
+            If the file is not valid JSON.
+        """
+        p = self.run_dir(run_id) / "summary.json"
+        if not p.exists():
+            return None
+        try:
+            return ExperimentResult.from_dict(json.loads(p.read_text(encoding="utf-8")))
+        except ValueError as e:
+            raise RunStoreError(f"cannot read {p}: {e}; the run's summary is damaged.") from e
 
     def save_json(self, run_id: str, name: str, obj: Any) -> Path:
         """Write a JSON artifact into the run folder."""

@@ -10,46 +10,14 @@ good epoch (after a non-finite loss, or the best epoch for early stopping).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ftcore.core.events import LayerStats
 from ftcore.models.layers import LayerGroup
 
 __all__ = ["LayerStats", "LayerMonitor", "snapshot", "restore"]
-
-
-@dataclass(frozen=True)
-class LayerStats:
-    """One layer group in one epoch.
-
-    Attributes
-    ----------
-    group : str
-        Layer group name (coarse).
-    index : int
-        Position from the input, 0-based.
-    relative_change : float
-        ``||w - w0|| / ||w0||`` over all the group's parameters at the end
-        of the epoch, w0 being the weights training started with (the
-        pretrained ones, or the new head's initialisation); 0 for a frozen
-        group; NaN when ``||w0|| = 0``.
-    grad_norm : float
-        L2 norm of the group's gradient (all its parameters as one vector),
-        averaged over the epoch's steps; 0 when it got no gradient.
-    lr : float
-        Learning rate applied to the group, averaged over the epoch's steps.
-    trainable : bool
-        Whether any of its parameters learn.
-    """
-
-    group: str
-    index: int
-    relative_change: float
-    grad_norm: float
-    lr: float
-    trainable: bool
 
 
 class LayerMonitor:
