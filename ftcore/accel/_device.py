@@ -89,6 +89,5 @@ def device_summary(requested: str = "auto") -> str:
     ConfigError
         As :func:`choose_device`.
     """
-    f = machine_facts()
-    dev = torch.device(choose_device(requested, f["cuda"], f["mps"]))
-    return describe_device(dev, autocast_dtype(dev.type, f["cuda_bf16"]))
+    dev = pick_device(requested)
+    return describe_device(dev, autocast_dtype(dev.type, machine_facts()["cuda_bf16"]))
