@@ -113,7 +113,18 @@ def run_reference(a: argparse.Namespace) -> dict:
     head_ids = {id(p) for m in classifier_modules(model) for p in m.parameters()}
     head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    pg = [{"params": head, "lr": a.lr}] + ([{"params": body, "lr": a.lr * a.backbone_lr_scale}] if body else [])
+    # timm's weight-decay rule, as the product applies it: none for 1-d parameters, biases and no_weight_decay().
+    names = {id(p): n for n, p in model.named_parameters()}
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+
+    def groups_at(params, lr):
+        exempt = [p.ndim <= 1 or names[id(p)].endswith(".bias") or names[id(p)] in skip for p in params]
+        decay = [p for p, e in zip(params, exempt) if not e]
+        keep = [p for p, e in zip(params, exempt) if e]
+        pairs = ({"params": decay, "lr": lr}, {"params": keep, "lr": lr, "weight_decay": 0.0})
+        return [d for d in pairs if d["params"]]
+
+    pg = groups_at(head, a.lr) + groups_at(body, a.lr * a.backbone_lr_scale)
     opt = torch.optim.AdamW(pg, lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=a.epochs * len(tl))
     setup = time.perf_counter() - t_setup
