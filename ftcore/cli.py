@@ -87,7 +87,7 @@ def add_option(parser: argparse.ArgumentParser, section: str, name: str, *, defa
     shown = "required unless --config gives it" if required else spec.shown_default(f.default)
     text = spec.help
     if spec.kind == "bool":
-        text = f"{text}; this flag turns it {'off' if f.default else 'on'}"
+        text = f"turns {'off' if f.default else 'on'}: {text}"
     # A given default is the one shown (argparse fills in %(default)s); else the field's, which applies.
     shown = "%(default)s" if default is not None else shown.replace("%", "%%")
     kw: dict = {"default": default, "help": f"{text.replace('%', '%%')} (default: {shown})"}
@@ -145,7 +145,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m ftcore``; the ``train`` options come from the configuration's field list."""
     p = _Parser(prog="python -m ftcore", description="Guided fine-tuning of timm image classifiers, headless.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # The metavar lists the commands for people; the internal ``worker`` stays out of the help (an
+    # ``add_parser(help=SUPPRESS)`` would print "==SUPPRESS==" in the command list).
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{train,audit}")
     t = sub.add_parser("train", help="train the frozen baseline and the fine-tuned model on an image folder",
                        description="Options given override the values of --config FILE; the others come from the "
                                    "file, or are the defaults shown.")
@@ -163,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(a, "data", "val_fraction", default=_field_default("data", "val_fraction"))
     a.add_argument("--store", default=None, help="run store folder a zip is extracted into (default $FTCORE_HOME)")
     a.add_argument("--json", action="store_true", help="print one JSON object: ok, layout, classes, problems, warnings")
-    w = sub.add_parser("worker", help=argparse.SUPPRESS)
+    w = sub.add_parser("worker")
     w.add_argument("--store", default=None)
     w.add_argument("run_id")
     return p
