@@ -363,3 +363,18 @@ def test_a_config_file_holding_a_number_is_a_config_error_naming_the_file(tmp_pa
     with pytest.raises(ConfigError, match=r"cannot read run configuration upload.json"):
         RunConfig.from_json(b"\xff\xfe not utf-8", "upload.json")
     assert RunConfig.from_json(_cfg().to_json(), "x.json") == _cfg()
+
+
+@pytest.mark.parametrize("section", [[], 0, False, ""])
+def test_a_section_that_is_not_an_object_is_refused_even_when_empty(section):
+    d = RunConfig().to_dict()
+    d["train"] = section
+    with pytest.raises(ConfigError, match="section 'train' is .* it must be an object"):
+        RunConfig.from_dict(d)
+
+
+def test_an_int_too_large_for_a_float_is_refused_naming_the_key():
+    d = RunConfig().to_dict()
+    d["train"]["epochs"] = 10**400
+    with pytest.raises(ConfigError, match=r"The 'epochs' parameter \(--epochs\)"):
+        RunConfig.from_dict(d)

@@ -228,13 +228,13 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown configuration sections {sorted(unknown)}; allowed: {sorted(SECTIONS)}.")
         for key in SECTIONS:
-            part = d.get(key, {}) or {}
-            if not isinstance(part, dict):
+            part = d.get(key)
+            if part is not None and not isinstance(part, dict):  # null or absent: that section's defaults
                 raise ConfigError(f"section '{key}' is {part!r}; it must be an object of settings, e.g. "
                                   f'"{key}": {{...}}.')
         kwargs = {}
         for key, klass in SECTIONS.items():
-            part = d.get(key, {}) or {}
+            part = d.get(key) or {}
             fields = {f.name: f for f in dataclasses.fields(klass)}
             bad = set(part) - set(fields)
             if bad:

@@ -116,7 +116,11 @@ class FieldSpec:
             return False
         if self.kind == "int" and not isinstance(value, int):
             return False
-        return _inside(float(value), self.low, self.high if high is None else high, self.closed)
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float is outside every bound
+            return False
+        return _inside(number, self.low, self.high if high is None else high, self.closed)
 
     def check(self, key: str, value: Any, high: float | None = None, why: str = "") -> None:
         """Raise :class:`ConfigError` naming `key` and the flag unless `value` is allowed.
