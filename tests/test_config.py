@@ -378,3 +378,8 @@ def test_an_int_too_large_for_a_float_is_refused_naming_the_key():
     d["train"]["epochs"] = 10**400
     with pytest.raises(ConfigError, match=r"The 'epochs' parameter \(--epochs\)"):
         RunConfig.from_dict(d)
+
+
+def test_gradual_unfreezing_with_head_only_is_refused_whatever_the_spacing():
+    with pytest.raises(ConfigError, match="'unfreeze_after'"):
+        RunConfig(freeze=FreezeConfig(unfreeze=" head"), train=TrainConfig(epochs=2, unfreeze_after=1))

@@ -190,7 +190,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if self.train.unfreeze_after and self.freeze.unfreeze == "head":
+        if self.train.unfreeze_after and str(self.freeze.unfreeze).strip() == "head":
             raise bad_value("unfreeze_after", field_spec(TrainConfig, "unfreeze_after"),
                             "0 when 'unfreeze' (--unfreeze) is 'head': there are no layer groups to unfreeze later",
                             self.train.unfreeze_after)
